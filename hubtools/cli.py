@@ -1,0 +1,123 @@
+"""The `hubtools` command. Each subcommand's `--help` is its manual."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import hubtools  # noqa: F401  (sets HF_HUB_DISABLE_XET for a local endpoint before HF imports)
+
+_EPILOG_ENDPOINT = ("The Hub is the one in HF_ENDPOINT (default https://huggingface.co); "
+                    "the token is HF_TOKEN. For a local hub, e.g. HF_ENDPOINT=http://127.0.0.1:7860.")
+
+
+def _hub_serve(args) -> int:
+    from hubtools.localhub.server import serve
+    serve(args.root, args.host, args.port, args.token or os.environ.get("HUBTOOLS_HUB_TOKEN"))
+    return 0
+
+
+def _hub_mirror(args) -> int:
+    from hubtools.mirror import mirror
+    report = mirror(args.src, args.dst, repos=args.repo, repo_type=args.repo_type,
+                    src_token=os.environ.get(args.src_token_env), dst_token=os.environ.get(args.dst_token_env))
+    for line in report:
+        print(line)
+    return 0
+
+
+def _publish(args) -> int:
+    from hubtools.publish import load_card_info, publish_checkpoint
+    info = load_card_info(args.card_info) if args.card_info else None
+    result = publish_checkpoint(args.folder, args.repo, args.revision, card_info=info,
+                                include_optimizer=args.include_optimizer, overwrite=args.overwrite,
+                                move_latest=not args.no_latest, private=args.private)
+    print(f"published {args.folder} → {result.url}")
+    return 0
+
+
+def _card(args) -> int:
+    from model_cards import render_dataset_card, render_model_card
+    from hubtools.publish import load_card_info
+    info = load_card_info(args.info)
+    card = render_model_card(info) if args.kind == "model" else render_dataset_card(info)
+    text = str(card)
+    if args.output in (None, "-"):
+        sys.stdout.write(text)
+    else:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(text)
+        print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hubtools", description=__doc__ or "hubtools",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    hub = sub.add_parser("hub", help="run or mirror a local Hub",
+                         description="A local, Hub-compatible server and a mirror between hubs.")
+    hub_sub = hub.add_subparsers(dest="hub_command", required=True)
+    s = hub_sub.add_parser(
+        "serve", help="serve a local Hub from a directory",
+        description="Serve the Hub HTTP API (repos, branches, tags, commits, LFS uploads, downloads) from "
+                    "DIR. Point huggingface_hub / transformers / datasets at it with "
+                    "HF_ENDPOINT=http://HOST:PORT. With a token, writes need it and private repos are "
+                    "unreadable without it; without one the hub is open to anyone on HOST.")
+    s.add_argument("--root", required=True, help="directory holding the hub's database and blobs")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=7860, help="port (default 7860; 0 picks a free one)")
+    s.add_argument("--token", help="token required for writes and private reads "
+                                   "(or set HUBTOOLS_HUB_TOKEN, which keeps it out of `ps`)")
+    s.set_defaults(func=_hub_serve)
+
+    m = hub_sub.add_parser(
+        "mirror", help="copy repos with all branches, tags and cards to another hub",
+        description="Copy repos from SRC_ENDPOINT to DST_ENDPOINT with their commit history on every "
+                    "branch, their tags and cards. Re-running only copies what is new. DST may be "
+                    "https://huggingface.co.")
+    m.add_argument("src", metavar="SRC_ENDPOINT")
+    m.add_argument("dst", metavar="DST_ENDPOINT")
+    m.add_argument("--repo", action="append", help="repo id to copy (repeatable; default: every repo "
+                                                   "of --repo-type on SRC)")
+    m.add_argument("--repo-type", default="model", choices=["model", "dataset"],
+                   help="type of the repos to copy (default model)")
+    m.add_argument("--src-token-env", default="HF_TOKEN_SRC", help="env var holding SRC's token")
+    m.add_argument("--dst-token-env", default="HF_TOKEN", help="env var holding DST's token")
+    m.set_defaults(func=_hub_mirror)
+
+    pub = sub.add_parser(
+        "publish", help="publish a checkpoint folder as a revision",
+        description="Upload a checkpoint folder to REPO at branch REVISION (created if missing) with a "
+                    "model card, leaving optimizer/scheduler/RNG states out, and move the `latest` "
+                    "branch to it. Refuses to overwrite an existing revision unless --overwrite.",
+        epilog=_EPILOG_ENDPOINT)
+    pub.add_argument("folder")
+    pub.add_argument("--repo", required=True)
+    pub.add_argument("--revision", required=True, help="branch to publish to, e.g. step-50")
+    pub.add_argument("--card-info", help="run-info YAML for the model card (see examples/)")
+    pub.add_argument("--include-optimizer", action="store_true", help="also upload optimizer/RNG states")
+    pub.add_argument("--overwrite", action="store_true", help="replace an existing revision")
+    pub.add_argument("--no-latest", action="store_true", help="do not move the `latest` branch")
+    pub.add_argument("--private", action="store_true", help="create the repo private if it is new")
+    pub.set_defaults(func=_publish)
+
+    card = sub.add_parser("card", help="render a model or dataset card from a run-info YAML",
+                          description="Render a Hub card (YAML metadata + body) from a run-info YAML "
+                                      "file. Secrets in flags or commands are replaced by a placeholder.")
+    card.add_argument("kind", choices=["model", "dataset"])
+    card.add_argument("info", help="run-info YAML (see examples/seed004_run.yaml)")
+    card.add_argument("-o", "--output", help="file to write (default: stdout)")
+    card.set_defaults(func=_card)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
