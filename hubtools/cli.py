@@ -28,8 +28,9 @@ def _hub_mirror(args) -> int:
 
 
 def _publish(args) -> int:
-    from hubtools.publish import load_card_info, publish_checkpoint
-    info = load_card_info(args.card_info) if args.card_info else None
+    from hubtools.publish import publish_checkpoint
+    from model_cards import load_run_info
+    info = load_run_info(args.card_info) if args.card_info else None
     result = publish_checkpoint(args.folder, args.repo, args.revision, card_info=info,
                                 include_optimizer=args.include_optimizer, overwrite=args.overwrite,
                                 move_latest=not args.no_latest, private=args.private)
@@ -38,9 +39,8 @@ def _publish(args) -> int:
 
 
 def _card(args) -> int:
-    from model_cards import render_dataset_card, render_model_card
-    from hubtools.publish import load_card_info
-    info = load_card_info(args.info)
+    from model_cards import load_run_info, render_dataset_card, render_model_card
+    info = load_run_info(args.info)
     card = render_model_card(info) if args.kind == "model" else render_dataset_card(info)
     text = str(card)
     if args.output in (None, "-"):

@@ -122,9 +122,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- helpers ----------------------------------------------------------------------------
     def _error(self, e: HubError) -> None:
-        if not self._body_read:
-            self.close_connection = True  # unread request body: cannot reuse the connection
         headers = {"X-Error-Message": e.message.replace("\n", " ")[:500]}
+        has_body = int(self.headers.get("Content-Length") or 0) or "Transfer-Encoding" in self.headers
+        if has_body and not self._body_read:  # unread request body: this connection cannot be reused
+            self.close_connection = True
+            headers["Connection"] = "close"
         if e.code:
             headers["X-Error-Code"] = e.code
         self._json({"error": e.message}, status=e.status, headers=headers)
@@ -212,9 +214,17 @@ class _Handler(BaseHTTPRequestHandler):
             raise HubError(400, f"Repo id must be namespaced ('user/{name}'): this hub has no default user")
         private = body.get("visibility") == "private" if "visibility" in body else bool(body.get("private"))
         repo_type = body.get("type") or "model"
-        repo = self.server.store.create_repo(repo_type, f"{org}/{name}", private, USER)
+        repo_id = f"{org}/{name}"
         prefix = "" if repo_type == "model" else f"{repo_type}s/"
-        self._json({"url": f"{self.server.url}/{prefix}{repo.repo_id}", "name": repo.repo_id})
+        answer = {"url": f"{self.server.url}/{prefix}{repo_id}", "name": repo_id}
+        try:
+            self.server.store.create_repo(repo_type, repo_id, private, USER)
+        except HubError as e:
+            if e.status != 409:
+                raise
+            # Like the Hub, a conflict still carries the url (clients with exist_ok read it).
+            return self._json({**answer, "error": e.message}, status=409, headers={"X-Error-Message": e.message})
+        self._json(answer)
 
     def h_delete_repo(self):
         self._require_write()
