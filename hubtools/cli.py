@@ -52,6 +52,12 @@ def _card(args) -> int:
     return 0
 
 
+def _demo(args) -> int:
+    from hubtools.demo import run
+    run(args.workdir)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hubtools", description=__doc__ or "hubtools",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -111,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     card.add_argument("info", help="run-info YAML (see examples/seed004_run.yaml)")
     card.add_argument("-o", "--output", help="file to write (default: stdout)")
     card.set_defaults(func=_card)
+    demo = sub.add_parser("demo", help="run the main loop offline on embedded defaults",
+                          description="Start a local hub (unless HF_ENDPOINT is set), publish a tiny model at "
+                                      "two step revisions with model cards, and load each back with "
+                                      "from_pretrained(repo, revision=...).")
+    demo.add_argument("--workdir", help="where the hub, checkpoints and cache go (default: a temp dir)")
+    demo.set_defaults(func=_demo)
     return p
 
 

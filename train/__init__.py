@@ -1,0 +1,1 @@
+"""GRPO training: entry point, rewards, publishing callback, recipes."""
