@@ -33,6 +33,8 @@ T = TypeVar("T")
 # Trainer/DeepSpeed state that a downstream user never needs; left out unless asked for.
 TRAINING_STATE_PATTERNS = ("optimizer.pt", "optimizer.bin", "scheduler.pt", "scaler.pt", "rng_state*.pth",
                            "global_step*/*", "*/optimizer.pt", "latest")
+# What a training run's output folder holds besides the model: never published with it.
+RUN_ARTIFACT_PATTERNS = ("checkpoint-*/*", "runs/*", "resume-*/*", "*-merged/*")
 LATEST_BRANCH = "latest"
 _STEP_RE = re.compile(r"^step-(\d+)$")
 
@@ -90,7 +92,7 @@ def checkpoint_files(folder: str | os.PathLike, include_optimizer: bool = False)
     out = {}
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         rel = path.relative_to(root).as_posix()
-        if rel.startswith(".") or "/." in rel:
+        if rel.startswith(".") or "/." in rel or any(fnmatch.fnmatch(rel, p) for p in RUN_ARTIFACT_PATTERNS):
             continue
         if not include_optimizer and any(fnmatch.fnmatch(rel, pat) for pat in TRAINING_STATE_PATTERNS):
             continue

@@ -1,0 +1,394 @@
+"""Sampling completions from chat prompts: one interface, three backends.
+
+Why one interface: dataset builders (k samples per question), rewards that call a model and eval all
+need "n completions per chat prompt"; whether they come from vLLM on a GPU, an OpenAI-compatible
+endpoint (vLLM serve, `transformers serve`, a hosted API) or local transformers on the CPU is a
+recipe choice (`make_generator`), not something the calling code knows about.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
+
+Messages = list[dict]
+
+
+@dataclass
+class SamplingParams:
+    """What to sample: `n` completions per prompt; `temperature == 0` means greedy.
+
+    Sampling is plain temperature + nucleus (top_p) sampling on every backend: no top-k, whatever
+    the model's own generation_config says, so that the backends draw from the same distribution.
+    """
+
+    n: int = 1
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self):
+        if self.n < 1:
+            raise ValueError(f"SamplingParams.n must be >= 1, got {self.n}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"SamplingParams.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"SamplingParams.temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"SamplingParams.top_p must be in (0, 1], got {self.top_p}")
+
+
+class Generator(ABC):
+    """`generate(prompts, params)` → for each chat prompt, `params.n` assistant completions (text only).
+
+    `model` identifies the model (for cards and cache keys): a local path, a Hub id, or the name an
+    endpoint serves.
+    """
+
+    model: str
+
+    @abstractmethod
+    def generate(self, prompts: list[Messages], params: SamplingParams, *, desc: str | None = None) -> list[list[str]]:
+        ...
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(model={self.model!r})"
+
+
+# ---------------------------------------------------------------------------------------- transformers
+
+
+class TransformersGenerator(Generator):
+    """Local transformers (the CPU backend): k samples per prompt in one `generate` call.
+
+    `batch_size` bounds the number of sequences per `generate` call: each call takes
+    `max(1, batch_size // n)` prompts and returns `n` sequences for each, so memory stays bounded by
+    `max(batch_size, n)` sequences whatever `n` is.
+    """
+
+    def __init__(self, model: str, *, batch_size: int = 8, device: str = "cpu", dtype=None):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model, self.batch_size, self.device = str(model), batch_size, device
+        if isinstance(dtype, str) and dtype != "auto":
+            dtype = getattr(torch, dtype)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model)
+        self.tokenizer.padding_side = "left"  # decoder-only: new tokens must follow every prompt directly
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        kwargs = {} if dtype is None else {"dtype": dtype}
+        self.lm = AutoModelForCausalLM.from_pretrained(self.model, **kwargs).to(device).eval()
+
+    def generate(self, prompts: list[Messages], params: SamplingParams, *, desc: str | None = None) -> list[list[str]]:
+        import torch
+
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        rows_per_prompt = params.n if params.temperature > 0 else 1
+        per_call = max(1, self.batch_size // rows_per_prompt)
+        out: list[list[str]] = []
+        with tqdm(total=len(prompts), desc=desc or "generate", disable=len(prompts) < 2) as bar:
+            for start in range(0, len(prompts), per_call):
+                chunk = prompts[start:start + per_call]
+                out.extend(self._generate_chunk(chunk, params))
+                bar.update(len(chunk))
+        return out
+
+    def _generate_chunk(self, chunk: list[Messages], params: SamplingParams) -> list[list[str]]:
+        import torch
+
+        texts = [self.tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in chunk]
+        # the chat template already holds any BOS token
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        if params.temperature > 0:
+            mode = dict(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0,
+                        num_return_sequences=params.n)
+        else:  # greedy: transformers refuses num_return_sequences > 1; all n copies are identical anyway
+            mode = dict(do_sample=False)
+        with torch.inference_mode():
+            seqs = self.lm.generate(**enc, max_new_tokens=params.max_new_tokens,
+                                    pad_token_id=self.tokenizer.pad_token_id, **mode)
+        new = self.tokenizer.batch_decode(seqs[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        k = mode.get("num_return_sequences", 1)
+        return [new[i * k:(i + 1) * k] * (params.n // k) for i in range(len(chunk))]
+
+
+# ---------------------------------------------------------------------------------------- OpenAI-compatible
+
+
+def _run_sync(make_coro):
+    """Run a coroutine from sync code, also when the caller is itself inside a running event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(make_coro())
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(lambda: asyncio.run(make_coro())).result()
+
+
+class OpenAIGenerator(Generator):
+    """An OpenAI-compatible chat-completions endpoint (vLLM serve, `transformers serve`, hosted APIs).
+
+    - Concurrency: at most `concurrency` requests in flight (an asyncio.Semaphore).
+    - Retries: the openai client's own, `max_retries` times with exponential backoff (0.5 s doubling,
+      capped at 8 s, jittered; `Retry-After` honoured) on 408/409/429/5xx, connection errors and
+      timeouts; other 4xx fail at once.
+    - `n`: asked for with `n=k`; servers that return fewer choices (`transformers serve` ignores `n`)
+      get further requests until k are collected. With a seed, a request that starts at sample i
+      sends `seed + i`, so follow-up requests do not repeat the first sample.
+    - Cache (`cache_dir`): one JSON file per sample, named by the sha256 of (model, messages,
+      max_new_tokens, temperature, top_p, seed, sample index) and written atomically (temp file +
+      os.replace) as soon as it arrives, so a killed build resumes where it stopped and only the
+      missing samples are requested. `n` is not in the key: asking for more samples later reuses
+      the first ones.
+    - `api_key` (None for local servers that need none) is only handed to the client: never logged,
+      never in the cache or the repr.
+    """
+
+    def __init__(self, base_url: str, model: str, *, api_key: str | None = None, concurrency: int = 8,
+                 max_retries: int = 5, timeout: float = 120, cache_dir: str | Path | None = None):
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        self.base_url, self.model = base_url, str(model)
+        self._api_key = api_key
+        self.concurrency, self.max_retries, self.timeout = concurrency, max_retries, timeout
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        if self.cache_dir is not None:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"OpenAIGenerator(base_url={self.base_url!r}, model={self.model!r})"
+
+    def generate(self, prompts: list[Messages], params: SamplingParams, *, desc: str | None = None) -> list[list[str]]:
+        return _run_sync(lambda: self.agenerate(prompts, params, desc=desc))
+
+    async def agenerate(self, prompts: list[Messages], params: SamplingParams, *,
+                        desc: str | None = None) -> list[list[str]]:
+        from openai import AsyncOpenAI
+
+        sem = asyncio.Semaphore(self.concurrency)
+        results: list[list[str]] = [[] for _ in prompts]
+        # the client is made here: its connection pool belongs to the loop that runs this coroutine
+        async with AsyncOpenAI(base_url=self.base_url, api_key=self._api_key or "EMPTY",
+                               max_retries=self.max_retries, timeout=self.timeout) as client:
+            with tqdm(total=len(prompts), desc=desc or "generate", disable=len(prompts) < 2) as bar:
+                async def one(i: int) -> None:
+                    results[i] = await self._samples(client, sem, prompts[i], params)
+                    bar.update(1)
+
+                await asyncio.gather(*(one(i) for i in range(len(prompts))))
+        return results
+
+    async def _samples(self, client, sem: asyncio.Semaphore, messages: Messages, params: SamplingParams) -> list[str]:
+        keys = [self._cache_key(messages, params, i) for i in range(params.n)]
+        texts = [self._cache_get(k) for k in keys]
+        while missing := [i for i, t in enumerate(texts) if t is None]:
+            seed = None if params.seed is None else params.seed + missing[0]
+            async with sem:
+                got = await self._complete(client, messages, params, n=len(missing), seed=seed)
+            if not got:
+                raise RuntimeError(f"{self.base_url}: no choices returned for model {self.model!r}")
+            for i, text in zip(missing, got):
+                texts[i] = text
+                self._cache_put(keys[i], i, text)
+        return texts
+
+    async def _complete(self, client, messages: Messages, params: SamplingParams, *, n: int,
+                        seed: int | None) -> list[str]:
+        """One chat-completions request; returns its choices' texts (possibly fewer than `n`)."""
+        extra: dict[str, Any] = {"n": n} if n > 1 else {}
+        if seed is not None:
+            extra["seed"] = seed
+        resp = await client.chat.completions.create(model=self.model, messages=messages,
+                                                    max_tokens=params.max_new_tokens,
+                                                    temperature=params.temperature, top_p=params.top_p, **extra)
+        return [c.message.content or "" for c in sorted(resp.choices, key=lambda c: c.index)]
+
+    def _cache_key(self, messages: Messages, params: SamplingParams, index: int) -> str:
+        blob = json.dumps({"model": self.model, "messages": messages, "max_new_tokens": params.max_new_tokens,
+                           "temperature": params.temperature, "top_p": params.top_p, "seed": params.seed,
+                           "index": index}, sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def _cache_get(self, key: str) -> str | None:
+        if self.cache_dir is None:
+            return None
+        try:
+            return json.loads((self.cache_dir / f"{key}.json").read_text())["text"]
+        except FileNotFoundError:
+            return None
+
+    def _cache_put(self, key: str, index: int, text: str) -> None:
+        if self.cache_dir is None:
+            return
+        fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=f".{key}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump({"model": self.model, "index": index, "text": text}, f, ensure_ascii=False)
+        os.replace(tmp, self.cache_dir / f"{key}.json")
+
+
+# ---------------------------------------------------------------------------------------- vLLM
+
+
+class VLLMGenerator(Generator):
+    """vLLM in-process (the GPU backend); vllm is an optional extra, imported only here."""
+
+    def __init__(self, model: str, **llm_kwargs):
+        import vllm
+
+        self._vllm = vllm
+        self.model = str(model)
+        self.llm = vllm.LLM(model=self.model, **llm_kwargs)
+
+    def generate(self, prompts: list[Messages], params: SamplingParams, *, desc: str | None = None) -> list[list[str]]:
+        sampling = self._vllm.SamplingParams(n=params.n, max_tokens=params.max_new_tokens,
+                                             temperature=params.temperature, top_p=params.top_p, seed=params.seed)
+        outputs = self.llm.chat(prompts, sampling, use_tqdm=True)
+        return [[c.text for c in out.outputs] for out in outputs]
+
+
+# ---------------------------------------------------------------------------------------- factory
+
+_FIELDS = {
+    "transformers": {"model", "batch_size", "device", "dtype"},
+    "openai": {"model", "base_url", "api_key_env", "concurrency", "max_retries", "timeout", "cache_dir"},
+    "vllm": {"model", "dtype", "llm_kwargs"},
+}
+_FIELDS["auto"] = _FIELDS["transformers"] | _FIELDS["vllm"]
+
+
+def _vllm_usable() -> bool:
+    if importlib.util.find_spec("vllm") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def make_generator(spec: dict | str) -> Generator:
+    """Build a generator from a recipe block (a bare string is a model name with backend "auto").
+
+    Keys: `backend` (transformers | openai | vllm | auto; default auto = vllm when it is installed
+    and CUDA is available, else transformers), `model` (through `resolve_model`: None/"smollm2" →
+    the packaged SmolLM2), and per backend: transformers `batch_size, device, dtype`; openai
+    `base_url` (required), `api_key_env` (the NAME of the env var holding the key), `concurrency,
+    max_retries, timeout, cache_dir`; vllm `dtype, llm_kwargs`. With "auto", the transformers-only
+    keys are unused when vLLM is chosen.
+    """
+    from hubtools.models import resolve_model
+
+    if isinstance(spec, str):
+        spec = {"model": spec}
+    if not isinstance(spec, dict):
+        raise ValueError(f"generator: expected a mapping or a model name, got {type(spec).__name__}")
+    spec = dict(spec)
+    if "api_key" in spec:
+        raise ValueError("generator.api_key: keys never go in a recipe; put it in an environment variable "
+                         "and name that variable in generator.api_key_env")
+    backend = spec.pop("backend", "auto")
+    if backend not in _FIELDS:
+        raise ValueError(f"generator.backend: unknown backend {backend!r}; expected one of {sorted(_FIELDS)}")
+    unknown = set(spec) - _FIELDS[backend]
+    if unknown:
+        raise ValueError(f"generator: field(s) {sorted(unknown)} not valid for backend {backend!r}; "
+                         f"valid: {sorted(_FIELDS[backend] | {'backend'})}")
+    if backend == "auto":
+        backend = "vllm" if _vllm_usable() else "transformers"
+        log.info("generator backend auto → %s", backend)
+    model = resolve_model(spec.pop("model", None))
+
+    if backend == "openai":
+        base_url = spec.pop("base_url", None)
+        if not base_url:
+            raise ValueError("generator.base_url is required for backend 'openai'")
+        api_key = None
+        env = spec.pop("api_key_env", None)
+        if env:
+            api_key = os.environ.get(env)
+            if not api_key:
+                raise ValueError(f"generator.api_key_env: environment variable {env} is not set")
+        return OpenAIGenerator(base_url, model, api_key=api_key, **spec)
+    if backend == "vllm":
+        kwargs = dict(spec.get("llm_kwargs") or {})
+        if "dtype" in spec:
+            kwargs["dtype"] = spec["dtype"]
+        return VLLMGenerator(model, **kwargs)
+    return TransformersGenerator(model, **{k: spec[k] for k in ("batch_size", "device", "dtype") if k in spec})
+
+
+# ---------------------------------------------------------------------------------------- transformers serve
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve_transformers(model_path: str | Path, port: int | None = None, *,
+                       startup_timeout: float = 180.0) -> Iterator[str]:
+    """Run `transformers serve` on loopback for a local model folder; yields the base URL (…/v1).
+
+    The server is pinned to the model (it preloads it, then answers /health), offline
+    (HF_HUB_OFFLINE=1), and requests must name the model exactly as given here:
+    `OpenAIGenerator(base_url, str(model_path))`. It ignores `n`; OpenAIGenerator copes.
+    """
+    model_path, port = str(model_path), port or _free_port()
+    cmd = [sys.executable, "-m", "transformers.cli.transformers", "serve", model_path,
+           "--host", "127.0.0.1", "--port", str(port)]
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            _wait_healthy(proc, f"http://127.0.0.1:{port}/health", startup_timeout, out)
+            yield f"http://127.0.0.1:{port}/v1"
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _wait_healthy(proc: subprocess.Popen, url: str, timeout: float, out) -> None:
+    def tail() -> str:
+        out.seek(0)
+        return out.read().decode(errors="replace")[-3000:]
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"transformers serve exited with {proc.returncode}:\n{tail()}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.25)
+    raise RuntimeError(f"transformers serve did not answer {url} within {timeout:.0f} s:\n{tail()}")

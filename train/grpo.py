@@ -1,0 +1,248 @@
+"""GRPO training with task rewards; every saved checkpoint is published as Hub revision `step-N`.
+
+    accelerate launch train/grpo.py --config train/recipes/factuality.yaml [--flag value ...]
+
+The recipe is parsed like open-r1's, by TRL's parser: script arguments (below) + `GRPOConfig` +
+`ModelConfig` (full or LoRA via `use_peft`). Any recipe key can be overridden on the command line.
+`--resume_from_checkpoint` takes a local folder or a Hub revision as `REPO@REVISION`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python train/grpo.py` from a checkout
+
+import hubtools  # noqa: E402,F401  (Xet off for a local endpoint, before HF imports)
+from hubtools.redact import redact_argv  # noqa: E402
+
+log = logging.getLogger("hubtools.train")
+_HUB_REV = re.compile(r"^(?P<repo>[\w.-]+/[\w.-]+)@(?P<rev>.+)$")
+OUTPUT_FORMAT = {
+    "factuality": "Step-by-step reasoning, then the final answer in `\\boxed{...}`, or `\\boxed{Unknown}` "
+                  "when the model is not sure (an abstention, rewarded when no sample of the group is right).",
+}
+REWARD_TEXT = {
+    "fact_caution": "group-aware fact+caution: if any of the group's samples is correct, correct = 1.0, "
+                    "process-correct (gold reached in the reasoning, final answer wrong) = 0.5, others 0; "
+                    "if none is correct, not-attempted (`\\boxed{Unknown}`) = 1.0, others 0",
+    "fact": "correct = 1.0, process-correct = 0.5, others 0",
+    "caution": "in groups with no correct sample, not-attempted = 1.0, others 0",
+}
+
+
+@dataclass
+class ScriptArguments:
+    dataset_name: str = field(default="", metadata={"help": "Hub dataset repo or local folder (save_to_disk)"})
+    dataset_config: str | None = field(default=None, metadata={"help": "dataset config name"})
+    dataset_train_split: str = field(default="train", metadata={"help": "split to train on"})
+    task: str = field(default="factuality", metadata={"help": "task (selects the output format text in cards)"})
+    reward_funcs: list[str] = field(default_factory=list,
+                                    metadata={"help": "rewards, summed with reward_weights: fact_caution, fact, caution"})
+    reward_schedule: str | None = field(default=None, metadata={
+        "help": "rewards in sequence instead, e.g. 'fact:100,caution' = fact until step 100, then caution"})
+    publish_repo: str | None = field(default=None, metadata={
+        "help": "Hub model repo: each checkpoint goes to branch step-N with its card, the final model to main"})
+    publish_private: bool = field(default=False, metadata={"help": "create the publish repo private"})
+    publish_optimizer_states: bool = field(default=False, metadata={
+        "help": "also publish optimizer/scheduler/RNG states (exact resume from a Hub revision)"})
+    publish_merged: bool = field(default=False, metadata={"help": "LoRA: also publish merged weights at step-N-merged"})
+    card_notes: list[str] = field(default_factory=list, metadata={"help": "known notes for every card"})
+    card_license: str = field(default="apache-2.0", metadata={"help": "license in the model cards"})
+    intended_use: str | None = field(default=None, metadata={"help": "intended-use text for the cards"})
+
+
+def parse_schedule(text: str) -> list[dict]:
+    """'fact:100,caution' → [{reward: fact, until_step: 100}, {reward: caution}]."""
+    stages = []
+    for part in text.split(","):
+        name, _, until = part.strip().partition(":")
+        try:
+            stages.append({"reward": name, "until_step": int(until) if until else None})
+        except ValueError:
+            raise ValueError(f"reward_schedule: bad stage {part!r}; expected name:until_step") from None
+    return stages
+
+
+def resolve_resume(value: str | None, output_dir: str) -> str | None:
+    """A Hub revision `REPO@REV` is downloaded next to the run; a local folder is used as is."""
+    if not value or value in ("true", "True") or os.path.isdir(value):
+        return value
+    m = _HUB_REV.match(value)
+    if not m:
+        raise ValueError(f"--resume_from_checkpoint {value!r}: not a folder, and not REPO@REVISION")
+    from huggingface_hub import snapshot_download
+    local = Path(output_dir) / f"resume-{m['rev']}"
+    snapshot_download(m["repo"], revision=m["rev"], local_dir=local)
+    if not (local / "trainer_state.json").exists():
+        raise ValueError(f"{value} has no trainer_state.json: it is not a training checkpoint")
+    return str(local)
+
+
+def load_train_dataset(args: ScriptArguments):
+    from datasets import load_dataset, load_from_disk
+    if os.path.isdir(args.dataset_name) and (Path(args.dataset_name) / "dataset_dict.json").exists():
+        ds = load_from_disk(args.dataset_name)
+    else:
+        ds = load_dataset(args.dataset_name, args.dataset_config)
+    if args.dataset_train_split not in ds:
+        raise ValueError(f"dataset {args.dataset_name} has no split {args.dataset_train_split!r} "
+                         f"(splits: {list(ds)})")
+    return ds[args.dataset_train_split]
+
+
+def recipe_flags(argv: list[str]) -> list[str]:
+    """The exact flags of this run, one `--key value` per line: the recipe's keys, overridden by the CLI's."""
+    import yaml
+    flags: dict[str, str] = {}
+    rest = list(argv)
+    if "--config" in rest:
+        i = rest.index("--config")
+        for key, value in (yaml.safe_load(Path(rest[i + 1]).read_text()) or {}).items():
+            if isinstance(value, list):
+                value = " ".join(shlex.quote(str(v)) for v in value)
+            elif isinstance(value, bool):
+                value = str(value).lower()
+            flags[key] = str(value)
+        del rest[i:i + 2]
+    key = None
+    for token in redact_argv(rest):
+        if token.startswith("--"):
+            key, _, value = token[2:].partition("=")
+            flags[key] = shlex.quote(value) if value else ""
+        elif key is not None:
+            flags[key] = (flags[key] + " " + shlex.quote(token)).strip()
+    return [f"--{k} {v}".rstrip() for k, v in flags.items()]
+
+
+def _plain(value) -> str:
+    """Enum members (optimizer, scheduler) as their plain value."""
+    return str(getattr(value, "value", value))
+
+
+def build_card_info(script_args, training_args, model_args, reward_names: list[str], world_size: int,
+                    argv: list[str]) -> dict:
+    """Run facts for the step cards (see examples/seed004_run.yaml for the keys)."""
+    from hubtools.models import SMOLLM2_REPO, smollm2_path
+    base = model_args.model_name_or_path
+    base_id = SMOLLM2_REPO if base == str(smollm2_path()) or base in ("smollm2", None) else base
+    weights = training_args.reward_weights or [1.0] * len(reward_names)
+    lora = model_args.use_peft
+    parallel = f"{world_size} process(es)"
+    if training_args.deepspeed or os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true":
+        parallel += ", DeepSpeed"
+    context = {"max_completion_length": training_args.max_completion_length}
+    notes = list(script_args.card_notes)
+    if training_args.beta == 0:
+        notes.append("No KL penalty (beta = 0), so no reference model was loaded.")
+    if lora:
+        notes.append(f"LoRA adapters: r={model_args.lora_r}, alpha={model_args.lora_alpha}, "
+                     f"dropout={model_args.lora_dropout}, targets={model_args.lora_target_modules or 'peft default'}.")
+    if not script_args.publish_optimizer_states:
+        notes.append("Optimizer/scheduler/RNG states are not published: resuming from this revision "
+                     "restarts the optimizer (set publish_optimizer_states: true for exact resumes).")
+    command = "accelerate launch train/grpo.py " + " ".join(shlex.quote(a) for a in redact_argv(argv))
+    return {
+        "summary": f"{os.path.basename(base_id)} trained with GRPO on {script_args.task}",
+        "license": script_args.card_license, "pipeline_tag": "text-generation",
+        "library_name": "peft" if lora else "transformers",
+        "tags": ["grpo", "trl", "hubtools", script_args.task] + (["lora"] if lora else []),
+        "base_model": base_id, "algorithm": "GRPO", "algorithm_script": "train/grpo.py",
+        "algorithm_repo": "hubtools (TRL GRPOTrainer)", "task": script_args.task,
+        "dataset": script_args.dataset_name, "dataset_split": script_args.dataset_train_split,
+        "reward_description": "; ".join(f"`{n}`: {REWARD_TEXT.get(n.split('_then_')[0], n)}" for n in reward_names)
+        if not script_args.reward_schedule else
+        f"rewards in sequence (`{script_args.reward_schedule}`): " +
+        "; ".join(f"`{s['reward']}`: {REWARD_TEXT.get(s['reward'], s['reward'])}"
+                  for s in parse_schedule(script_args.reward_schedule)),
+        "reward_components": [{"name": n, "weight": w} for n, w in zip(reward_names, weights)],
+        **({"kl_estimator": "k3", "kl_beta": training_args.beta} if training_args.beta > 0 else {}),
+        "optimizer": f"{_plain(training_args.optim)}, loss_type {training_args.loss_type}",
+        "learning_rate": training_args.learning_rate, "lr_scheduler": _plain(training_args.lr_scheduler_type),
+        "per_device_train_batch_size": training_args.per_device_train_batch_size,
+        "parallelism": parallel,
+        "rollout_prompts": training_args.generation_batch_size // training_args.num_generations,
+        "rollout_samples_per_prompt": training_args.num_generations,
+        "temperature": training_args.temperature, "context": context, "seed": training_args.seed,
+        "output_format": OUTPUT_FORMAT.get(script_args.task, ""),
+        "intended_use": script_args.intended_use or "Research checkpoint for studying GRPO training dynamics; "
+                                                   "not evaluated for production use.",
+        "repro_command": command, "repro_flags": recipe_flags(argv), "notes": notes,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    from trl import GRPOConfig, GRPOTrainer, ModelConfig, TrlParser, get_peft_config
+
+    from hubtools.models import resolve_model
+    from train.callbacks import HubPublishCallback, reward_summary
+    from train.rewards import build_rewards
+
+    argv = sys.argv[1:] if argv is None else argv
+    parser = TrlParser((ScriptArguments, GRPOConfig, ModelConfig))
+    script_args, training_args, model_args = parser.parse_args_and_config(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("hubtools").setLevel(logging.INFO)
+    model_args.model_name_or_path = resolve_model(model_args.model_name_or_path)
+    if not script_args.dataset_name:
+        raise ValueError("set dataset_name in the recipe (a Hub dataset repo or a local folder)")
+    schedule = parse_schedule(script_args.reward_schedule) if script_args.reward_schedule else None
+    reward_funcs = build_rewards(script_args.reward_funcs or None, schedule)
+    reward_names = [f.__name__ for f in reward_funcs]
+    training_args.resume_from_checkpoint = resolve_resume(training_args.resume_from_checkpoint,
+                                                          training_args.output_dir)
+
+    dataset = load_train_dataset(script_args)
+    trainer = GRPOTrainer(model=model_args.model_name_or_path, reward_funcs=reward_funcs, args=training_args,
+                          train_dataset=dataset, peft_config=get_peft_config(model_args))
+    world = trainer.accelerator.num_processes
+    publisher = None
+    if script_args.publish_repo and trainer.accelerator.is_main_process:
+        from hubtools.publish import AsyncPublisher
+        base_info = build_card_info(script_args, trainer.args, model_args, reward_names, world, argv)
+
+        def card_info(step: int, history: list[dict]) -> dict:
+            info = dict(base_info, notes=list(base_info["notes"]))
+            summary = reward_summary(history)
+            if summary:
+                info["notes"].append(f"Training reward at step {step}: {summary}.")
+            return info
+
+        publisher = AsyncPublisher(script_args.publish_repo, private=script_args.publish_private,
+                                   include_optimizer=script_args.publish_optimizer_states)
+        merge = _lora_merger(model_args.model_name_or_path) if (model_args.use_peft and script_args.publish_merged) \
+            else None
+        callback = HubPublishCallback(publisher, card_info, merge_lora=merge)
+        trainer.add_callback(callback)
+
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    if publisher is not None:
+        callback.publish(Path(training_args.output_dir), "main", trainer.state, overwrite=True)
+        results = publisher.close()  # waits for every queued step; raises if any failed
+        for r in results:
+            print(f"published {r.revision}: {r.url}")
+    trainer.accelerator.wait_for_everyone()
+
+
+def _lora_merger(base_path: str):
+    """Folder of LoRA adapters → folder of merged full weights (loaded on CPU, beside the checkpoint)."""
+    def merge(folder: Path) -> Path:
+        from peft import AutoPeftModelForCausalLM
+        from transformers import AutoTokenizer
+        out = folder.with_name(folder.name + "-merged")
+        model = AutoPeftModelForCausalLM.from_pretrained(folder, device_map="cpu").merge_and_unload()
+        model.save_pretrained(out)
+        AutoTokenizer.from_pretrained(base_path).save_pretrained(out)
+        return out
+    return merge
+
+
+if __name__ == "__main__":
+    main()
