@@ -52,6 +52,26 @@ def _card(args) -> int:
     return 0
 
 
+def _eval_factuality(args) -> int:
+    from hubtools import eval_factuality as ev
+    spec = {"backend": args.backend, "batch_size": args.batch_size}
+    if args.base_url:
+        spec["base_url"] = args.base_url
+    common = dict(split=args.split, k=args.k, limit=args.limit, generator=spec, max_new_tokens=args.max_new_tokens,
+                  temperature=args.temperature, seed=args.seed, output_dir=args.output_dir)
+    if args.prompts:
+        results = ev.prompt_sweep(args.model, ev.load_prompts(args.prompts), args.dataset,
+                                  revision=(args.revisions or ["main"])[0], **common)
+        print(ev.markdown_table(results).replace("| Revision |", "| Prompt |", 1))
+        print(f"frontier plot: {args.output_dir}/frontier.png")
+        return 0
+    results = ev.evaluate_revisions(args.model, args.revisions or ["main"], args.dataset,
+                                    system_prompt=args.system_prompt, write_cards=not args.no_card, **common)
+    print(ev.markdown_table(results))
+    print(f"results: {args.output_dir}/results.json, plot: {args.output_dir}/breakdown.png")
+    return 0
+
+
 def _demo(args) -> int:
     from hubtools.demo import run
     run(args.workdir)
@@ -117,6 +137,36 @@ def build_parser() -> argparse.ArgumentParser:
     card.add_argument("info", help="run-info YAML (see examples/seed004_run.yaml)")
     card.add_argument("-o", "--output", help="file to write (default: stdout)")
     card.set_defaults(func=_card)
+    ev = sub.add_parser("eval", help="evaluate published revisions",
+                        description="Evaluate model revisions on a task; results go into each revision's card.")
+    ev_sub = ev.add_subparsers(dest="eval_task", required=True)
+    fe = ev_sub.add_parser(
+        "factuality", help="factuality breakdown over k samples per question",
+        description="Per revision: the share of questions that are Partial Correct, Partial NotAttempt, All "
+                    "NotAttempt, All Correct, All Attempt and Wrong over k samples each, plus SimpleQA-style "
+                    "correct / not attempted / accuracy given attempted / F1. Writes results.json and a "
+                    "breakdown plot to --output-dir and adds the results to each revision's model card. "
+                    "With --prompts, evaluates several system prompts on one model instead and plots the "
+                    "correct-vs-not-attempted frontier.", epilog=_EPILOG_ENDPOINT)
+    fe.add_argument("--model", required=True, help="Hub model repo (or a local folder; 'smollm2' = packaged model)")
+    fe.add_argument("--revisions", type=lambda s: [r for r in s.split(",") if r],
+                    help="comma-separated revisions, e.g. step-2,step-4 (default main)")
+    fe.add_argument("--dataset", required=True, help="Hub dataset repo or local folder with question/answers")
+    fe.add_argument("--split", default="test")
+    fe.add_argument("--k", type=int, default=8, help="samples per question (default 8)")
+    fe.add_argument("--limit", type=int, help="evaluate only the first N questions")
+    fe.add_argument("--backend", default="auto", choices=["auto", "transformers", "vllm", "openai"])
+    fe.add_argument("--base-url", help="OpenAI-compatible endpoint (backend openai)")
+    fe.add_argument("--batch-size", type=int, default=8)
+    fe.add_argument("--max-new-tokens", type=int, default=256)
+    fe.add_argument("--temperature", type=float, default=1.0)
+    fe.add_argument("--seed", type=int, default=0)
+    fe.add_argument("--system-prompt", help="override the dataset's prompts with this system prompt")
+    fe.add_argument("--prompts", help="YAML of name → system prompt: run the prompt sweep on --model")
+    fe.add_argument("--no-card", action="store_true", help="do not write results into the model cards")
+    fe.add_argument("--output-dir", default="eval-results")
+    fe.set_defaults(func=_eval_factuality)
+
     demo = sub.add_parser("demo", help="run the main loop offline on embedded defaults",
                           description="Start a local hub (unless HF_ENDPOINT is set), publish a tiny model at "
                                       "two step revisions with model cards, and load each back with "

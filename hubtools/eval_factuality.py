@@ -1,0 +1,208 @@
+"""`hubtools eval factuality`: evaluate published revisions (or system prompts) on factuality.
+
+Per revision, the seed-001 breakdown over k samples per question — Partial Correct, Partial
+NotAttempt, All NotAttempt, All Correct, All Attempt and Wrong (percent of questions; the five
+partition every question) — plus SimpleQA-style aggregates over all samples. Results go into each
+revision's card as `model-index` eval results and a table section, added to the existing card.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import hubtools  # noqa: F401  (Xet off for a local endpoint, before huggingface_hub is imported)
+from hubtools.generation import SamplingParams, make_generator
+from hubtools.scoring import Grade, grade_answer
+
+CATEGORIES = ("Partial Correct", "Partial NotAttempt", "All NotAttempt", "All Correct", "All Attempt and Wrong")
+SECTION_START, SECTION_END = "<!-- hubtools-eval-factuality:start -->", "<!-- hubtools-eval-factuality:end -->"
+DEFAULT_SYSTEM_PROMPT = ("A conversation between User and Assistant. The Assistant must think step by step. "
+                         "Then give a brief answer in \\boxed{} if sure about the answer, otherwise the "
+                         "Assistant can return \\boxed{Unknown} if not sure.")
+
+
+def category(grades: list[Grade]) -> str:
+    """Which of the five breakdown categories k grades of one question fall in."""
+    k, c = len(grades), grades.count(Grade.CORRECT)
+    na = grades.count(Grade.NOT_ATTEMPTED)
+    if c == k:
+        return "All Correct"
+    if c > 0:
+        return "Partial Correct"
+    if na == k:
+        return "All NotAttempt"
+    return "Partial NotAttempt" if na > 0 else "All Attempt and Wrong"
+
+
+@dataclass
+class FactualityScores:
+    questions: int
+    k: int
+    breakdown: dict[str, float]  # percent of questions per category
+    correct: float               # fraction of all samples
+    not_attempted: float
+    incorrect: float
+    accuracy_given_attempted: float
+    f1: float                    # SimpleQA's F-score: harmonic mean of correct and accuracy given attempted
+
+
+def score(grades_per_question: list[list[Grade]]) -> FactualityScores:
+    if not grades_per_question:
+        raise ValueError("no questions to score")
+    cats = [category(g) for g in grades_per_question]
+    flat = [g for gs in grades_per_question for g in gs]
+    n = len(flat)
+    c, na = flat.count(Grade.CORRECT) / n, flat.count(Grade.NOT_ATTEMPTED) / n
+    acc = c / (1 - na) if na < 1 else 0.0
+    return FactualityScores(
+        questions=len(cats), k=len(grades_per_question[0]),
+        breakdown={name: round(100 * cats.count(name) / len(cats), 2) for name in CATEGORIES},
+        correct=round(c, 4), not_attempted=round(na, 4), incorrect=round(1 - c - na, 4),
+        accuracy_given_attempted=round(acc, 4), f1=round(2 * c * acc / (c + acc) if c + acc else 0.0, 4))
+
+
+def load_eval_rows(dataset: str, split: str, config: str | None = None, limit: int | None = None) -> list[dict]:
+    """Rows with `question`, `answers`, `answerable` (and `prompt` if the builder wrote one)."""
+    from datasets import load_dataset, load_from_disk
+    if Path(dataset).is_dir():
+        ds = load_from_disk(dataset)[split]
+    else:
+        ds = load_dataset(dataset, config, split=split)
+    for col in ("question", "answers"):
+        if col not in ds.column_names:
+            raise ValueError(f"dataset {dataset} split {split} has no {col!r} column (columns: {ds.column_names})")
+    rows = list(ds)[:limit] if limit else list(ds)
+    if not rows:
+        raise ValueError(f"dataset {dataset} split {split} is empty")
+    return rows
+
+
+def grade_model(generator, rows: list[dict], k: int, system_prompt: str | None, max_new_tokens: int,
+                temperature: float, seed: int, desc: str) -> list[list[Grade]]:
+    prompts = []
+    for row in rows:
+        if system_prompt is None and row.get("prompt"):
+            prompts.append(row["prompt"])
+        else:
+            prompts.append([{"role": "system", "content": system_prompt or DEFAULT_SYSTEM_PROMPT},
+                            {"role": "user", "content": row["question"]}])
+    samples = generator.generate(prompts, SamplingParams(n=k, max_new_tokens=max_new_tokens,
+                                                         temperature=temperature, seed=seed), desc=desc)
+    return [[grade_answer(s, row["answers"], answerable=row.get("answerable", True)) for s in outs]
+            for row, outs in zip(rows, samples)]
+
+
+def markdown_table(results: dict[str, FactualityScores]) -> str:
+    head = ["Revision", *CATEGORIES, "Correct", "Not attempted", "Acc. given attempted", "F1"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for rev, s in results.items():
+        cells = [rev, *(f"{s.breakdown[c]:.2f}" for c in CATEGORIES),
+                 *(f"{100 * v:.1f}" for v in (s.correct, s.not_attempted, s.accuracy_given_attempted, s.f1))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_card_results(repo: str, revision: str, scores: FactualityScores, dataset: str, split: str,
+                       plot: bytes | None = None) -> None:
+    """Add eval results to the revision's existing card (metadata + a table section), in one commit."""
+    from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+    try:
+        card = ModelCard.load(hf_hub_download(repo, "README.md", revision=revision))
+    except EntryNotFoundError:
+        card = ModelCard("---\n{}\n---\n")
+    metrics = {"correct": scores.correct, "not_attempted": scores.not_attempted,
+               "accuracy_given_attempted": scores.accuracy_given_attempted, "f1": scores.f1,
+               **{re.sub(r"\W+", "_", c.lower()): scores.breakdown[c] / 100 for c in CATEGORIES}}
+    kept = [r for r in (card.data.eval_results or []) if not (r.dataset_type == dataset and r.dataset_split == split
+                                                              and r.metric_type in metrics)]
+    card.data.eval_results = kept + [
+        EvalResult(task_type="question-answering", dataset_type=dataset, dataset_name=dataset, dataset_split=split,
+                   metric_type=name, metric_name=name.replace("_", " "), metric_value=value)
+        for name, value in metrics.items()]
+    card.data.model_name = card.data.model_name or repo.split("/")[-1]
+    section = (f"{SECTION_START}\n## Evaluation: factuality\n\n`hubtools eval factuality` on `{dataset}` "
+               f"({split} split), {scores.questions} questions × k={scores.k} samples. Breakdown in % of "
+               f"questions; correct / not attempted over all samples.\n\n"
+               f"{markdown_table({revision: scores})}\n"
+               + ("\n![Factuality breakdown](eval_factuality.png)\n" if plot else "") + SECTION_END)
+    text = card.text
+    if SECTION_START in text:
+        text = text[:text.index(SECTION_START)] + section + text[text.index(SECTION_END) + len(SECTION_END):]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    card.text = text
+    ops = [CommitOperationAdd("README.md", str(card).encode())]
+    if plot:
+        ops.append(CommitOperationAdd("eval_factuality.png", plot))
+    HfApi().create_commit(repo, operations=ops, revision=revision,
+                          commit_message=f"Add factuality eval results ({dataset}:{split})")
+
+
+def _generator_for(spec: dict, model: str, revision: str | None):
+    """Local backends evaluate a revision from a snapshot; a served model (openai) is taken as is."""
+    if spec.get("backend") == "openai":
+        return make_generator({**spec, "model": model})
+    from huggingface_hub import snapshot_download
+
+    from hubtools.models import resolve_model
+    model = resolve_model(model)
+    path = model if Path(model).is_dir() else snapshot_download(model, revision=revision)
+    return make_generator({**spec, "model": path})
+
+
+def evaluate_revisions(model: str, revisions: list[str], dataset: str, *, split: str = "test", k: int = 8,
+                       limit: int | None = None, generator: dict | None = None, max_new_tokens: int = 256,
+                       temperature: float = 1.0, seed: int = 0, system_prompt: str | None = None,
+                       write_cards: bool = True, output_dir: str | Path = "eval-results") -> dict[str, FactualityScores]:
+    from hubtools.plots import stacked_bars
+    rows = load_eval_rows(dataset, split, limit=limit)
+    results: dict[str, FactualityScores] = {}
+    for rev in revisions:
+        gen = _generator_for(generator or {}, model, rev)
+        results[rev] = score(grade_model(gen, rows, k, system_prompt, max_new_tokens, temperature, seed,
+                                         desc=f"eval {rev} (k={k})"))
+        del gen
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plot = stacked_bars({rev: s.breakdown for rev, s in results.items()}, "Factuality breakdown per revision",
+                        "% of questions")
+    (out / "breakdown.png").write_bytes(plot)
+    (out / "results.json").write_text(json.dumps({rev: asdict(s) for rev, s in results.items()}, indent=2))
+    if write_cards and not Path(model).is_dir():
+        for rev, s in results.items():
+            write_card_results(model, rev, s, dataset, split, plot)
+    return results
+
+
+def prompt_sweep(model: str, prompts: dict[str, str], dataset: str, *, split: str = "test", k: int = 8,
+                 limit: int | None = None, generator: dict | None = None, max_new_tokens: int = 256,
+                 temperature: float = 1.0, seed: int = 0, revision: str | None = None,
+                 output_dir: str | Path = "eval-results") -> dict[str, FactualityScores]:
+    """Several system prompts on one model: the correct-vs-not-attempted trade-off (seeds 001/003)."""
+    from hubtools.plots import scatter
+    rows = load_eval_rows(dataset, split, limit=limit)
+    gen = _generator_for(generator or {}, model, revision)
+    results = {name: score(grade_model(gen, rows, k, text, max_new_tokens, temperature, seed, desc=f"prompt {name}"))
+               for name, text in prompts.items()}
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "frontier.png").write_bytes(scatter(
+        {name: (100 * s.not_attempted, 100 * s.correct) for name, s in results.items()},
+        "System prompts: correct vs not attempted", "not attempted (% of samples)", "correct (% of samples)"))
+    (out / "prompts.json").write_text(json.dumps({n: asdict(s) for n, s in results.items()}, indent=2))
+    return results
+
+
+def load_prompts(path: str | Path) -> dict[str, str]:
+    """A YAML mapping name → system prompt, or a list of {name, system_prompt}."""
+    import yaml
+    data = yaml.safe_load(Path(path).read_text())
+    if isinstance(data, dict):
+        return {str(k): str(v) for k, v in data.items()}
+    if isinstance(data, list) and all(isinstance(d, dict) and {"name", "system_prompt"} <= set(d) for d in data):
+        return {d["name"]: d["system_prompt"] for d in data}
+    raise ValueError(f"{path}: expected a mapping name → system prompt, or a list of {{name, system_prompt}}")
