@@ -74,7 +74,7 @@ def _eval_factuality(args) -> int:
 
 def _demo(args) -> int:
     from hubtools.demo import run
-    run(args.workdir)
+    run(args.workdir, model=args.model, quick=args.quick)
     return 0
 
 
@@ -167,11 +167,15 @@ def build_parser() -> argparse.ArgumentParser:
     fe.add_argument("--output-dir", default="eval-results")
     fe.set_defaults(func=_eval_factuality)
 
-    demo = sub.add_parser("demo", help="run the main loop offline on embedded defaults",
-                          description="Start a local hub (unless HF_ENDPOINT is set), publish a tiny model at "
-                                      "two step revisions with model cards, and load each back with "
-                                      "from_pretrained(repo, revision=...).")
-    demo.add_argument("--workdir", help="where the hub, checkpoints and cache go (default: a temp dir)")
+    demo = sub.add_parser(
+        "demo", help="run the whole factuality loop offline on embedded defaults",
+        description="Start a local hub (unless HF_ENDPOINT is set); build a just-hard-enough factuality dataset "
+                    "from the bundled questions by sampling the packaged SmolLM2-135M-Instruct; train a few GRPO "
+                    "steps, publishing each saved step as revision step-N with its card; evaluate the published "
+                    "revisions (results into their cards); load one back with from_pretrained(revision=...).")
+    demo.add_argument("--workdir", help="where the hub, run and eval outputs go (default: a temp dir)")
+    demo.add_argument("--model", default="smollm2", help="base model (default: the packaged SmolLM2)")
+    demo.add_argument("--quick", action="store_true", help="tiny sizes everywhere (a smoke test of the wiring)")
     demo.set_defaults(func=_demo)
     return p
 

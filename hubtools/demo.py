@@ -1,16 +1,24 @@
-"""`hubtools demo`: the whole publishing loop on embedded defaults, offline.
+"""`hubtools demo`: the whole factuality loop on embedded defaults, offline, on a CPU.
 
-Starts a local hub (unless HF_ENDPOINT names one), builds a tiny model, publishes it at two step
-revisions with their model cards, and loads each back with `from_pretrained(repo, revision=…)`.
+local hub → just-hard-enough dataset from the bundled questions (sampled from the packaged
+SmolLM2-135M-Instruct) → a few GRPO steps publishing `step-N` revisions with cards → eval table of
+the published revisions (written into their cards) → `from_pretrained(repo, revision=…)`.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
+
+DATASET_REPO = "demo/factuality-just-hard-enough"
+MODEL_REPO = "demo/smollm2-factuality-grpo"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _free_port() -> int:
@@ -27,43 +35,72 @@ def start_local_hub(root: Path) -> str:
     return server.url
 
 
-def run(workdir: str | None = None, repo_id: str = "demo/tiny-grpo") -> None:
+class _Stages:
+    def __init__(self, total: int):
+        self.total, self.n, self.t0 = total, 0, time.time()
+
+    def __call__(self, text: str) -> None:
+        self.n += 1
+        print(f"\n[{self.n}/{self.total}] {text}  (t={time.time() - self.t0:.0f}s)", flush=True)
+
+
+def run(workdir: str | None = None, model: str = "smollm2", quick: bool = False) -> dict:
+    """Run the loop; `quick` shrinks every stage (used by the tests with a tiny model)."""
     work = Path(workdir or tempfile.mkdtemp(prefix="hubtools-demo-"))
     work.mkdir(parents=True, exist_ok=True)
+    stage = _Stages(6)
+    stage("local hub")
     if not os.environ.get("HF_ENDPOINT"):
-        url = start_local_hub(work / "hub")
         from hubtools.hubenv import configure_for_endpoint
-        configure_for_endpoint(url)
-        print(f"local hub at {url} (data in {work / 'hub'})")
+        configure_for_endpoint(start_local_hub(work / "hub"))
+    endpoint = os.environ["HF_ENDPOINT"]
     os.environ.setdefault("HF_HUB_CACHE", str(work / "hf-cache"))
+    print(f"hub: {endpoint} (data in {work / 'hub'})")
 
-    import torch
-    from transformers import AutoModelForCausalLM
+    stage("base model")
+    from hubtools.models import resolve_model
+    model_path = resolve_model(model)
+    print(f"model: {model_path}")
 
-    from hubtools.publish import publish_checkpoint
-    from hubtools.tiny_model import build_tiny_model
+    stage("dataset: sample the model k times per bundled question, keep the just-hard-enough ones")
+    from dataset_builders import factuality
+    recipe = factuality.load_recipe(factuality.DEFAULT_RECIPE)
+    size = dict(per_source=2, k=4, n=6, max_new_tokens=8) if quick else dict(per_source=6, k=8, n=16,
+                                                                               max_new_tokens=96)
+    recipe = factuality.apply_overrides(recipe, model=model_path, backend="transformers", **size)
+    recipe["test_size"] = 2 if quick else 6
+    factuality.build(recipe, push_to_hub=DATASET_REPO)
 
-    base = build_tiny_model(work / "base")
-    model = AutoModelForCausalLM.from_pretrained(base)
-    card_info = {
-        "summary": "a tiny random Qwen3 (demo)", "base_model": "hubtools/tiny-random-qwen3", "license": "apache-2.0",
-        "library_name": "transformers", "pipeline_tag": "text-generation", "tags": ["grpo", "demo"],
-        "algorithm": "GRPO (demo: weights perturbed, not trained)",
-        "notes": ["Demo checkpoint built offline by `hubtools demo`; its weights are random."],
-    }
-    sums = {}
-    for step in (1, 2):
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(0.01 * torch.randn_like(p))
-        folder = work / "checkpoints" / f"checkpoint-{step}"
-        model.save_pretrained(folder)
-        sums[step] = float(sum(p.sum() for p in model.parameters()))
-        result = publish_checkpoint(folder, repo_id, f"step-{step}", card_info=card_info)
-        print(f"published step-{step}: {result.url}")
+    stage("GRPO: train and publish every saved step as its own revision")
+    steps = ["--max_steps", "2", "--save_steps", "1", "--max_completion_length", "8"] if quick else \
+        ["--max_steps", "4", "--save_steps", "2", "--max_completion_length", "96"]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(ROOT / "train" / "accelerate" / "cpu.yaml"), str(ROOT / "train" / "grpo.py"),
+           "--config", str(ROOT / "train" / "recipes" / "factuality.yaml"), "--model_name_or_path", model_path,
+           "--dataset_name", DATASET_REPO, "--publish_repo", MODEL_REPO, "--output_dir", str(work / "run"), *steps]
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    revisions = ["step-1", "step-2"] if quick else ["step-2", "step-4"]
 
-    for step, expected in sums.items():
-        loaded = AutoModelForCausalLM.from_pretrained(repo_id, revision=f"step-{step}")
-        got = float(sum(p.sum() for p in loaded.parameters()))
-        assert abs(got - expected) < 1e-3 * max(1.0, abs(expected)), (step, got, expected)
-        print(f"from_pretrained({repo_id!r}, revision='step-{step}') OK (param sum {got:.4f})")
+    stage(f"eval: {', '.join(revisions)} on the held-out questions (results go into their cards)")
+    from hubtools.eval_factuality import evaluate_revisions, markdown_table
+    results = evaluate_revisions(MODEL_REPO, revisions, DATASET_REPO, split="test", k=2 if quick else 4,
+                                 max_new_tokens=8 if quick else 96, generator={"backend": "transformers"},
+                                 output_dir=work / "eval")
+    print(markdown_table(results))
+
+    stage(f"downstream: from_pretrained({MODEL_REPO!r}, revision={revisions[0]!r})")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(MODEL_REPO, revision=revisions[0])
+    lm = AutoModelForCausalLM.from_pretrained(MODEL_REPO, revision=revisions[0])
+    question = [{"role": "user", "content": "What is the capital of France? Answer in \\boxed{}."}]
+    inputs = tok.apply_chat_template(question, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    out = lm.generate(**inputs, max_new_tokens=8 if quick else 48, do_sample=False)
+    print("answer:", tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip())
+
+    print(f"\nPublished on {endpoint}:")
+    print(f"  dataset  {endpoint}/datasets/{DATASET_REPO}")
+    for rev in revisions + ["latest", "main"]:
+        print(f"  model    {endpoint}/{MODEL_REPO}/tree/{rev}")
+    print(f"  eval     {work / 'eval'}/results.json, breakdown.png")
+    print(f"Browse again later: hubtools hub serve --root {work / 'hub'}")
+    return {"endpoint": endpoint, "results": results, "workdir": str(work)}

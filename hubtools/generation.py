@@ -84,7 +84,8 @@ class TransformersGenerator(Generator):
 
     `batch_size` bounds the number of sequences per `generate` call: each call takes
     `max(1, batch_size // n)` prompts and returns `n` sequences for each, so memory stays bounded by
-    `max(batch_size, n)` sequences whatever `n` is.
+    `max(batch_size, n)` sequences whatever `n` is. A seed seeds torch once per `generate` call: the
+    same prompts, params and batch_size give the same samples.
     """
 
     def __init__(self, model: str, *, batch_size: int = 8, device: str = "cpu", dtype=None):
@@ -95,6 +96,8 @@ class TransformersGenerator(Generator):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model, self.batch_size, self.device = str(model), batch_size, device
         if isinstance(dtype, str) and dtype != "auto":
+            if not isinstance(getattr(torch, dtype, None), torch.dtype):
+                raise ValueError(f"dtype: {dtype!r} is not a torch dtype (e.g. 'float32', 'bfloat16', 'auto')")
             dtype = getattr(torch, dtype)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model)
         self.tokenizer.padding_side = "left"  # decoder-only: new tokens must follow every prompt directly

@@ -19,7 +19,7 @@ import shutil
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -110,13 +110,14 @@ def step_of(revision: str) -> int | None:
 def publish_checkpoint(folder: str | os.PathLike, repo_id: str, revision: str, *,
                        card_info: dict | None = None, include_optimizer: bool = False,
                        overwrite: bool = False, move_latest: bool = True, private: bool = False,
-                       commit_message: str | None = None, extra_files: dict[str, bytes] | None = None,
+                       commit_message: str | None = None,
+                       extra_files: dict[str, bytes | Callable[[], bytes | None]] | None = None,
                        api: HfApi | None = None, retry_delay: float = 1.0) -> PublishResult:
     """Publish `folder` to `repo_id` at branch `revision` in one commit, with a model card.
 
     The branch is created if missing; an existing one is refused unless `overwrite`, in which case
-    files absent from `folder` are deleted in the same commit. `extra_files` (path → bytes) are
-    added alongside (e.g. a reward plot). With `move_latest`, branch `latest` is moved here when
+    files absent from `folder` are deleted in the same commit. `extra_files` (path → bytes, or a
+    callable making them, so that e.g. a plot is drawn on the publisher's thread) are added alongside. With `move_latest`, branch `latest` is moved here when
     this is the highest `step-N` published so far.
     """
     api = api or HfApi()
@@ -133,7 +134,9 @@ def publish_checkpoint(folder: str | os.PathLike, repo_id: str, revision: str, *
 
     ops: list = [CommitOperationAdd(path_in_repo=rel, path_or_fileobj=str(p)) for rel, p in files.items()]
     for rel, data in (extra_files or {}).items():
-        ops.append(CommitOperationAdd(path_in_repo=rel, path_or_fileobj=data))
+        data = data() if callable(data) else data
+        if data is not None:
+            ops.append(CommitOperationAdd(path_in_repo=rel, path_or_fileobj=data))
     if card_info is not None:
         from model_cards import render_model_card
         info = {"loading": {"kind": "full"}, **card_info, "repo_id": repo_id, "revision": revision}
@@ -180,35 +183,59 @@ class _Job:
     kwargs: dict
 
 
-@dataclass
-class AsyncPublisher:
-    """Publish checkpoints on a background thread, in submission order, never dropping one.
+def _publisher_process(jobs, done, repo_id: str, endpoint: str | None, token: str | None, private: bool,
+                       retry_delay: float) -> None:
+    """The worker: publishes jobs in order until it gets None; reports ("ok"|"error", revision, payload)."""
+    try:
+        os.nice(19)  # the training loop wins the CPU whenever both want it
+    except OSError:
+        pass
+    api = HfApi(endpoint=endpoint, token=token)
+    while (job := jobs.get()) is not None:
+        try:
+            result = publish_checkpoint(job.staged, repo_id, job.revision, api=api, include_optimizer=True,
+                                        private=private, retry_delay=retry_delay, **job.kwargs)
+            done.put(("ok", job.revision, result))
+        except Exception as exc:
+            done.put(("error", job.revision, f"{type(exc).__name__}: {exc}"))
+        finally:
+            shutil.rmtree(job.staged, ignore_errors=True)
 
-    `submit` hard-links (or copies) the checkpoint's files into a staging folder first, so the
-    trainer may delete or rotate its checkpoint right away. Failures (after retries) are kept in
-    `failures` and raised by `flush()`; later checkpoints still go out.
+
+class AsyncPublisher:
+    """Publish checkpoints from a background process, in submission order, never dropping one.
+
+    Why a process, not a thread: uploading, hashing and rendering cards hold the GIL often enough
+    to slow a Python training loop; a separate, low-priority process does not. `submit` only
+    hard-links (or copies) the checkpoint's files into a staging folder — so the trainer may rotate
+    its checkpoint right away — and queues it. Failures (after retries) are kept in `failures` and
+    raised by `flush()`; later checkpoints still go out.
     """
 
-    repo_id: str
-    api: HfApi | None = None
-    include_optimizer: bool = False
-    private: bool = False
-    retry_delay: float = 1.0
-    on_published: Callable[[PublishResult], None] | None = None
-    results: list[PublishResult] = field(default_factory=list)
-    failures: list[tuple[str, BaseException]] = field(default_factory=list)
-
-    def __post_init__(self):
-        self.api = self.api or HfApi()
-        self._queue: queue.Queue[_Job | None] = queue.Queue()
-        self._counter = itertools.count()
+    def __init__(self, repo_id: str, *, api: HfApi | None = None, include_optimizer: bool = False,
+                 private: bool = False, retry_delay: float = 1.0,
+                 on_published: Callable[[PublishResult], None] | None = None):
+        import multiprocessing
+        api = api or HfApi()
+        self.repo_id, self.include_optimizer, self.on_published = repo_id, include_optimizer, on_published
+        self.results: list[PublishResult] = []
+        self.failures: list[tuple[str, str]] = []
         self._staging = Path(tempfile.mkdtemp(prefix="hubtools-publish-"))
-        self._thread = threading.Thread(target=self._run, name="hubtools-publisher", daemon=True)
-        self._thread.start()
+        self._counter = itertools.count()
+        self._submitted = self._finished = 0
+        self._cond = threading.Condition()
+        ctx = multiprocessing.get_context("spawn")
+        self._jobs, self._done = ctx.Queue(), ctx.Queue()
+        self._proc = ctx.Process(target=_publisher_process, name="hubtools-publisher", daemon=True,
+                                 args=(self._jobs, self._done, repo_id, api.endpoint, api.token, private, retry_delay))
+        self._proc.start()
+        self._listener = threading.Thread(target=self._listen, name="hubtools-publisher-results", daemon=True)
+        self._listener.start()
 
     def submit(self, folder: str | os.PathLike, revision: str, card_info: dict | None = None,
-               extra_files: dict[str, bytes] | None = None, overwrite: bool = False,
+               extra_files: dict[str, bytes | Callable[[], bytes | None]] | None = None, overwrite: bool = False,
                move_latest: bool = True) -> None:
+        """Queue `folder` for `revision`. Callables in `extra_files` must be picklable (e.g. a partial)."""
         staged = self._staging / f"{next(self._counter):05d}-{revision}"
         for rel, src in checkpoint_files(folder, self.include_optimizer).items():
             dst = staged / rel
@@ -217,39 +244,47 @@ class AsyncPublisher:
                 os.link(src, dst)
             except OSError:
                 shutil.copy2(src, dst)
-        self._queue.put(_Job(staged, revision, dict(card_info=card_info, extra_files=extra_files,
-                                                    overwrite=overwrite, move_latest=move_latest)))
+        with self._cond:
+            self._submitted += 1
+        self._jobs.put(_Job(staged, revision, dict(card_info=card_info, extra_files=extra_files,
+                                                   overwrite=overwrite, move_latest=move_latest)))
 
     @property
     def pending(self) -> int:
-        return self._queue.unfinished_tasks
+        with self._cond:
+            return self._submitted - self._finished
 
-    def _run(self) -> None:
+    def _listen(self) -> None:
         while True:
-            job = self._queue.get()
             try:
-                if job is None:
-                    return
-                result = publish_checkpoint(job.staged, self.repo_id, job.revision, api=self.api,
-                                            include_optimizer=True, private=self.private,
-                                            retry_delay=self.retry_delay, **job.kwargs)
-                self.results.append(result)
-                log.info("published %s", result.url)
+                status, revision, payload = self._done.get(timeout=1.0)
+            except queue.Empty:
+                if self._proc.is_alive():
+                    continue
+                with self._cond:  # the worker died: whatever it still held is lost, say so
+                    lost = self._submitted - self._finished
+                    self.failures += [("?", f"publisher process exited with code {self._proc.exitcode}")] * lost
+                    self._finished = self._submitted
+                    self._cond.notify_all()
+                return
+            if status == "ok":
+                self.results.append(payload)
+                log.info("published %s", payload.url)
                 if self.on_published:
-                    self.on_published(result)
-            except Exception as exc:
-                log.error("publishing %s@%s failed: %s: %s", self.repo_id, job.revision, type(exc).__name__, exc)
-                self.failures.append((job.revision, exc))
-            finally:
-                if job is not None:
-                    shutil.rmtree(job.staged, ignore_errors=True)
-                self._queue.task_done()
+                    self.on_published(payload)
+            else:
+                log.error("publishing %s@%s failed: %s", self.repo_id, revision, payload)
+                self.failures.append((revision, payload))
+            with self._cond:
+                self._finished += 1
+                self._cond.notify_all()
 
     def flush(self) -> list[PublishResult]:
         """Wait until every submitted checkpoint is published; raise if any failed."""
-        self._queue.join()
+        with self._cond:
+            self._cond.wait_for(lambda: self._finished >= self._submitted)
         if self.failures:
-            lines = "; ".join(f"{rev}: {type(e).__name__}: {e}" for rev, e in self.failures)
+            lines = "; ".join(f"{rev}: {err}" for rev, err in self.failures)
             raise PublishError(f"{len(self.failures)} checkpoint(s) failed to publish to {self.repo_id}: {lines}")
         return list(self.results)
 
@@ -257,8 +292,8 @@ class AsyncPublisher:
         try:
             return self.flush()
         finally:
-            self._queue.put(None)
-            self._thread.join()
+            self._jobs.put(None)
+            self._proc.join(30)
             shutil.rmtree(self._staging, ignore_errors=True)
 
     def __enter__(self) -> "AsyncPublisher":

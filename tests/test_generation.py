@@ -188,6 +188,7 @@ def test_make_generator_backends(tiny_model_dir, monkeypatch):
     ({"backend": "openai", "model": "m", "base_url": "http://x/v1", "api_key_env": "HUBTOOLS_UNSET_KEY"},
      "HUBTOOLS_UNSET_KEY"),
     ({"backend": "transformers", "model": "m", "base_url": "http://x/v1"}, "base_url"),
+    ({"backend": "transformers", "model": "m", "dtype": "float33"}, "dtype"),
     (["not", "a", "spec"], "generator"),
 ])
 def test_make_generator_rejects_bad_input(spec, field, monkeypatch):

@@ -8,6 +8,7 @@ links, a queue, a background thread), so training goes on at once and no step is
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -51,9 +52,8 @@ class HubPublishCallback(TrainerCallback):
         step = state.global_step
         info = dict(self.card_info(step, state.log_history), step=step)
         extra = {}
-        png = reward_curve(state.log_history)
-        if png:
-            extra[REWARD_PLOT] = png
+        if any("reward" in h for h in state.log_history):
+            extra[REWARD_PLOT] = partial(reward_curve, list(state.log_history))  # drawn by the publisher
             info["reward_plot"] = REWARD_PLOT
         if self.merge_lora is not None:
             merged = self.merge_lora(folder)

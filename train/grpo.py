@@ -177,7 +177,8 @@ def build_card_info(script_args, training_args, model_args, reward_names: list[s
     }
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> dict:
+    """Train; returns the trainer's train metrics (train_runtime, …)."""
     from trl import GRPOConfig, GRPOTrainer, ModelConfig, TrlParser, get_peft_config
 
     from hubtools.models import resolve_model
@@ -221,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
         callback = HubPublishCallback(publisher, card_info, merge_lora=merge)
         trainer.add_callback(callback)
 
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    metrics = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint).metrics
     trainer.save_model(training_args.output_dir)
     if publisher is not None:
         callback.publish(Path(training_args.output_dir), "main", trainer.state, overwrite=True)
@@ -229,6 +230,7 @@ def main(argv: list[str] | None = None) -> None:
         for r in results:
             print(f"published {r.revision}: {r.url}")
     trainer.accelerator.wait_for_everyone()
+    return metrics
 
 
 def _lora_merger(base_path: str):
