@@ -72,6 +72,11 @@ def _eval_factuality(args) -> int:
     return 0
 
 
+def _build_dataset(args) -> int:
+    from dataset_builders.registry import get_builder
+    return get_builder(args.builder).run(args) or 0
+
+
 def _demo(args) -> int:
     from hubtools.demo import run
     run(args.workdir, model=args.model, quick=args.quick)
@@ -137,6 +142,17 @@ def build_parser() -> argparse.ArgumentParser:
     card.add_argument("info", help="run-info YAML (see examples/seed004_run.yaml)")
     card.add_argument("-o", "--output", help="file to write (default: stdout)")
     card.set_defaults(func=_card)
+    from dataset_builders.registry import BUILDERS, get_builder
+    bd = sub.add_parser("build-dataset", help="build a filtered dataset and publish it with its card",
+                        description="Build a dataset from a recipe and push it to the Hub with a dataset card "
+                                    "(or save it locally).", epilog=_EPILOG_ENDPOINT)
+    bd_sub = bd.add_subparsers(dest="builder", required=True)
+    for name in BUILDERS:
+        b = bd_sub.add_parser(name, help=f"the {name} dataset", epilog=_EPILOG_ENDPOINT,
+                              description=(get_builder(name).__doc__ or "").strip().split("\n\n")[0])
+        get_builder(name).add_arguments(b)
+        b.set_defaults(func=_build_dataset)
+
     ev = sub.add_parser("eval", help="evaluate published revisions",
                         description="Evaluate model revisions on a task; results go into each revision's card.")
     ev_sub = ev.add_subparsers(dest="eval_task", required=True)

@@ -65,15 +65,15 @@ def run(workdir: str | None = None, model: str = "smollm2", quick: bool = False)
     stage("dataset: sample the model k times per bundled question, keep the just-hard-enough ones")
     from dataset_builders import factuality
     recipe = factuality.load_recipe(factuality.DEFAULT_RECIPE)
-    size = dict(per_source=2, k=4, n=6, max_new_tokens=8) if quick else dict(per_source=6, k=8, n=16,
-                                                                               max_new_tokens=96)
+    size = dict(per_source=2, k=4, n=6, max_new_tokens=8) if quick else dict(per_source=16, k=8, n=16,
+                                                                                max_new_tokens=64)
     recipe = factuality.apply_overrides(recipe, model=model_path, backend="transformers", **size)
     recipe["test_size"] = 2 if quick else 6
     factuality.build(recipe, push_to_hub=DATASET_REPO)
 
     stage("GRPO: train and publish every saved step as its own revision")
     steps = ["--max_steps", "2", "--save_steps", "1", "--max_completion_length", "8"] if quick else \
-        ["--max_steps", "4", "--save_steps", "2", "--max_completion_length", "96"]
+        ["--max_steps", "4", "--save_steps", "2", "--max_completion_length", "64"]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
            str(ROOT / "train" / "accelerate" / "cpu.yaml"), str(ROOT / "train" / "grpo.py"),
            "--config", str(ROOT / "train" / "recipes" / "factuality.yaml"), "--model_name_or_path", model_path,
@@ -84,7 +84,8 @@ def run(workdir: str | None = None, model: str = "smollm2", quick: bool = False)
     stage(f"eval: {', '.join(revisions)} on the held-out questions (results go into their cards)")
     from hubtools.eval_factuality import evaluate_revisions, markdown_table
     results = evaluate_revisions(MODEL_REPO, revisions, DATASET_REPO, split="test", k=2 if quick else 4,
-                                 max_new_tokens=8 if quick else 96, generator={"backend": "transformers"},
+                                 max_new_tokens=8 if quick else 64,
+                                 generator={"backend": "transformers", "batch_size": 32},
                                  output_dir=work / "eval")
     print(markdown_table(results))
 

@@ -15,13 +15,10 @@ from pathlib import Path
 
 import hubtools  # noqa: F401  (Xet off for a local endpoint, before huggingface_hub is imported)
 from hubtools.generation import SamplingParams, make_generator
-from hubtools.scoring import Grade, grade_answer
+from hubtools.scoring import SEED_SYSTEM_PROMPT, Grade, grade_answer
 
 CATEGORIES = ("Partial Correct", "Partial NotAttempt", "All NotAttempt", "All Correct", "All Attempt and Wrong")
 SECTION_START, SECTION_END = "<!-- hubtools-eval-factuality:start -->", "<!-- hubtools-eval-factuality:end -->"
-DEFAULT_SYSTEM_PROMPT = ("A conversation between User and Assistant. The Assistant must think step by step. "
-                         "Then give a brief answer in \\boxed{} if sure about the answer, otherwise the "
-                         "Assistant can return \\boxed{Unknown} if not sure.")
 
 
 def category(grades: list[Grade]) -> str:
@@ -87,7 +84,7 @@ def grade_model(generator, rows: list[dict], k: int, system_prompt: str | None, 
         if system_prompt is None and row.get("prompt"):
             prompts.append(row["prompt"])
         else:
-            prompts.append([{"role": "system", "content": system_prompt or DEFAULT_SYSTEM_PROMPT},
+            prompts.append([{"role": "system", "content": system_prompt or SEED_SYSTEM_PROMPT},
                             {"role": "user", "content": row["question"]}])
     samples = generator.generate(prompts, SamplingParams(n=k, max_new_tokens=max_new_tokens,
                                                          temperature=temperature, seed=seed), desc=desc)

@@ -196,8 +196,10 @@ def main(argv: list[str] | None = None) -> dict:
     schedule = parse_schedule(script_args.reward_schedule) if script_args.reward_schedule else None
     reward_funcs = build_rewards(script_args.reward_funcs or None, schedule)
     reward_names = [f.__name__ for f in reward_funcs]
-    training_args.resume_from_checkpoint = resolve_resume(training_args.resume_from_checkpoint,
-                                                          training_args.output_dir)
+    from accelerate import PartialState
+    with PartialState().main_process_first():  # one download, then the other ranks find it
+        training_args.resume_from_checkpoint = resolve_resume(training_args.resume_from_checkpoint,
+                                                              training_args.output_dir)
 
     dataset = load_train_dataset(script_args)
     trainer = GRPOTrainer(model=model_args.model_name_or_path, reward_funcs=reward_funcs, args=training_args,
@@ -222,13 +224,16 @@ def main(argv: list[str] | None = None) -> dict:
         callback = HubPublishCallback(publisher, card_info, merge_lora=merge)
         trainer.add_callback(callback)
 
-    metrics = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint).metrics
-    trainer.save_model(training_args.output_dir)
-    if publisher is not None:
-        callback.publish(Path(training_args.output_dir), "main", trainer.state, overwrite=True)
-        results = publisher.close()  # waits for every queued step; raises if any failed
-        for r in results:
-            print(f"published {r.revision}: {r.url}")
+    try:
+        metrics = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint).metrics
+        trainer.save_model(training_args.output_dir)
+        if publisher is not None:
+            callback.publish(Path(training_args.output_dir), "main", trainer.state, overwrite=True)
+    finally:
+        if publisher is not None:  # even after a crash, every checkpoint already saved still goes out
+            results = publisher.close()  # raises if any failed
+            for r in results:
+                print(f"published {r.revision}: {r.url}")
     trainer.accelerator.wait_for_everyone()
     return metrics
 
