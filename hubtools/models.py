@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 from pathlib import Path
 
 SMOLLM2 = "smollm2-135m-instruct"
@@ -17,8 +18,9 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_REPO = "HuggingFaceTB/SmolLM2-135M-Instruct"  # where the weights come from, for cards
 
 
-def _cache_root() -> Path:
-    return Path(os.environ.get("HUBTOOLS_CACHE", Path.home() / ".cache" / "hubtools"))
+def smollm2_cache_dir() -> Path:
+    """Where `smollm2_path()` keeps the materialized checkpoint (it may not exist yet)."""
+    return Path(os.environ.get("HUBTOOLS_CACHE", Path.home() / ".cache" / "hubtools")) / SMOLLM2
 
 
 def smollm2_gguf_dir() -> Path:
@@ -32,7 +34,7 @@ def smollm2_gguf_dir() -> Path:
 
 def smollm2_path() -> Path:
     """A plain safetensors checkpoint of SmolLM2-135M-Instruct, built from the GGUF on first use."""
-    out = _cache_root() / SMOLLM2
+    out = smollm2_cache_dir()
     if (out / "model.safetensors").exists():
         return out
     import torch
@@ -50,7 +52,10 @@ def smollm2_path() -> Path:
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     plain.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    tmp.rename(out) if not out.exists() else None
+    if out.exists():  # another process finished first
+        shutil.rmtree(tmp)
+    else:
+        tmp.rename(out)
     return out
 
 

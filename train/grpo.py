@@ -129,9 +129,10 @@ def _plain(value) -> str:
 def build_card_info(script_args, training_args, model_args, reward_names: list[str], world_size: int,
                     argv: list[str]) -> dict:
     """Run facts for the step cards (see examples/seed004_run.yaml for the keys)."""
-    from hubtools.models import SMOLLM2_REPO, smollm2_path
+    from hubtools.models import SMOLLM2_REPO, smollm2_cache_dir
     base = model_args.model_name_or_path
-    base_id = SMOLLM2_REPO if base == str(smollm2_path()) or base in ("smollm2", None) else base
+    base_id = SMOLLM2_REPO if Path(base) == smollm2_cache_dir() else base
+    local_base = os.path.isdir(base_id)  # not a Hub id: kept out of the `base_model` metadata
     weights = training_args.reward_weights or [1.0] * len(reward_names)
     lora = model_args.use_peft
     parallel = f"{world_size} process(es)"
@@ -139,6 +140,8 @@ def build_card_info(script_args, training_args, model_args, reward_names: list[s
         parallel += ", DeepSpeed"
     context = {"max_completion_length": training_args.max_completion_length}
     notes = list(script_args.card_notes)
+    if local_base:
+        notes.append(f"Base model: a local folder (`{os.path.basename(base_id.rstrip('/'))}`), not a Hub repo.")
     if training_args.beta == 0:
         notes.append("No KL penalty (beta = 0), so no reference model was loaded.")
     if lora:
@@ -149,11 +152,11 @@ def build_card_info(script_args, training_args, model_args, reward_names: list[s
                      "restarts the optimizer (set publish_optimizer_states: true for exact resumes).")
     command = "accelerate launch train/grpo.py " + " ".join(shlex.quote(a) for a in redact_argv(argv))
     return {
-        "summary": f"{os.path.basename(base_id)} trained with GRPO on {script_args.task}",
+        "summary": f"{os.path.basename(base_id.rstrip('/'))} trained with GRPO on {script_args.task}",
         "license": script_args.card_license, "pipeline_tag": "text-generation",
         "library_name": "peft" if lora else "transformers",
         "tags": ["grpo", "trl", "hubtools", script_args.task] + (["lora"] if lora else []),
-        "base_model": base_id, "algorithm": "GRPO", "algorithm_script": "train/grpo.py",
+        **({} if local_base else {"base_model": base_id}), "algorithm": "GRPO", "algorithm_script": "train/grpo.py",
         "algorithm_repo": "hubtools (TRL GRPOTrainer)", "task": script_args.task,
         "dataset": script_args.dataset_name, "dataset_split": script_args.dataset_train_split,
         "reward_description": "; ".join(f"`{n}`: {REWARD_TEXT.get(n.split('_then_')[0], n)}" for n in reward_names)
