@@ -10,7 +10,7 @@ import sys
 import pytest
 from huggingface_hub import HfApi, ModelCard, hf_hub_download
 
-from conftest import ROOT
+from conftest import ROOT, free_port
 
 SYSTEM = "Answer in \\boxed{}; \\boxed{Unknown} if not sure."
 QUESTIONS = [("Capital of France?", ["Paris"]), ("Who wrote Hamlet?", ["Shakespeare", "William Shakespeare"]),
@@ -29,9 +29,9 @@ def hub_dataset(hub):
     return repo
 
 
-def grpo(tmp_path, tiny_model_dir, dataset, repo, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "train/accelerate/cpu.yaml",
-           "train/grpo.py", "--config", "train/recipes/factuality.yaml", "--model_name_or_path", str(tiny_model_dir),
+def grpo(tmp_path, tiny_model_dir, dataset, repo, *extra: str, launch=("--config_file", "train/accelerate/cpu.yaml"),
+         ) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *launch, "train/grpo.py", "--config", "train/recipes/factuality.yaml", "--model_name_or_path", str(tiny_model_dir),
            "--dataset_name", dataset, "--output_dir", str(tmp_path / "run"), "--publish_repo", repo,
            "--max_steps", "2", "--save_steps", "1", "--max_completion_length", "12", *extra]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -89,3 +89,14 @@ def test_lora_run_publishes_adapters_and_merged_weights(tmp_path, tiny_model_dir
         f"m = AutoModelForCausalLM.from_pretrained({repo_name!r}, revision='step-1-merged')\n"
         "print(type(a).__name__, type(m).__name__)\n"))
     assert stdout.split() == ["PeftModelForCausalLM", "Qwen3ForCausalLM"]
+
+
+def test_two_cpu_ranks_train_and_rank0_publishes_once(tmp_path, tiny_model_dir, hub_dataset, repo_name):
+    out = grpo(tmp_path, tiny_model_dir, hub_dataset, repo_name, "--use_cpu", "true",
+               "--per_device_train_batch_size", "2",
+               launch=("--config_file", "train/accelerate/cpu_2proc.yaml", "--main_process_port", str(free_port())))
+    assert out.stdout.count("published step-1") == 1  # only rank 0 publishes
+    card = open(hf_hub_download(repo_name, "README.md", revision="step-2")).read()
+    assert "**Parallelism:** 2 process(es)" in card
+    titles = [c.title for c in HfApi().list_repo_commits(repo_name, revision="step-2")]
+    assert titles.count("Publish step-2") == 1
