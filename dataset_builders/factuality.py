@@ -26,7 +26,6 @@ from typing import Iterator
 
 import yaml
 
-import hubtools  # noqa: F401  (Xet off for a local endpoint, before any HF import)
 from hubtools.scoring import SEED_SYSTEM_PROMPT, Grade, grade_answer, normalize_answer
 
 DEFAULT_RECIPE = Path(__file__).parent / "recipes" / "factuality.yaml"

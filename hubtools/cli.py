@@ -6,8 +6,6 @@ import argparse
 import os
 import sys
 
-import hubtools  # noqa: F401  (sets HF_HUB_DISABLE_XET for a local endpoint before HF imports)
-
 _EPILOG_ENDPOINT = ("The Hub is the one in HF_ENDPOINT (default https://huggingface.co); "
                     "the token is HF_TOKEN. For a local hub, e.g. HF_ENDPOINT=http://127.0.0.1:7860.")
 

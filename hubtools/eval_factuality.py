@@ -13,7 +13,6 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import hubtools  # noqa: F401  (Xet off for a local endpoint, before huggingface_hub is imported)
 from hubtools.generation import SamplingParams, make_generator
 from hubtools.scoring import SEED_SYSTEM_PROMPT, Grade, grade_answer
 

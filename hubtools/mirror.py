@@ -13,7 +13,6 @@ import re
 import shutil
 import tempfile
 
-import hubtools  # noqa: F401  (Xet off for a local endpoint, before huggingface_hub is imported)
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 from huggingface_hub.hf_api import RepoFile
 

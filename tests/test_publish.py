@@ -38,7 +38,7 @@ def test_publish_checkpoint_with_card_without_optimizer(api, repo_name, tmp_path
     assert not {"optimizer.pt", "rng_state.pth"} & files
     card = ModelCard.load(hf_hub_download(repo_name, "README.md", revision="step-50"))
     assert card.data.base_model == RUN_INFO["base_model"]
-    assert "50" in card.text and f"revision=\"step-50\"" in card.text.replace("'", '"')
+    assert "50" in card.text and 'revision="step-50"' in card.text.replace("'", '"')
     assert branches(api, repo_name)["latest"] == result.commit_oid
 
     with_opt = publish_checkpoint(make_checkpoint(tmp_path / "b", 60), repo_name, "step-60", include_optimizer=True)

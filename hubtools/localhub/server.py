@@ -17,9 +17,7 @@ import logging
 import os
 import re
 import secrets
-import threading
 import time
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, quote, unquote, urlsplit
@@ -27,7 +25,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 import yaml
 
 from hubtools.localhub.store import (
-    CHUNK, HubError, Repo, Store, git_blob_sha1, lfs_pointer, repo_not_found,
+    CHUNK, HubError, Repo, Store, git_blob_sha1, lfs_pointer,
 )
 
 log = logging.getLogger("hubtools.hub")
@@ -372,9 +370,10 @@ class _Handler(BaseHTTPRequestHandler):
         r = self._repo(t, repo, write=True)
         store = self.server.store
         try:
-            current = store.files(store.resolve(r, rev))
-        except HubError:
-            current = {}
+            head = store.resolve(r, rev)
+        except HubError:  # a branch the commit will create
+            head = None
+        current = store.files(head) if head else {}
         body = self._json_body()
         files = []
         for f in body.get("files", []):
@@ -382,7 +381,7 @@ class _Handler(BaseHTTPRequestHandler):
             # Always LFS: datasets deletes its temporary parquet files between preupload and commit.
             files.append({"path": f["path"], "uploadMode": "lfs", "shouldIgnore": False,
                           "oid": existing.sha256 if existing and existing.lfs else None})
-        self._json({"files": files, "commitOid": current and store.resolve(r, rev) or None})
+        self._json({"files": files, "commitOid": head})
 
     def h_lfs_batch(self, repo, p=None):
         t = p or "models"
@@ -516,13 +515,10 @@ def _card_data(store: Store, readme) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def serve(root: str | os.PathLike, host: str = "127.0.0.1", port: int = 7860,
-          token: str | None = None, ready: threading.Event | None = None) -> None:
+def serve(root: str | os.PathLike, host: str = "127.0.0.1", port: int = 7860, token: str | None = None) -> None:
     server = HubServer(root, host, port, token)
     print(f"hubtools hub serving {Path(root).resolve()} at {server.url} "
           f"({'token required for writes' if token else 'open: no token set'})", flush=True)
-    if ready:
-        ready.set()
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -39,10 +39,6 @@ class HubError(Exception):
         self.status, self.message, self.code = status, message, code
 
 
-def repo_not_found(repo_id: str) -> HubError:
-    return HubError(404, f"Repository not found: {repo_id}", "RepoNotFound")
-
-
 def git_blob_sha1(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
@@ -175,8 +171,8 @@ class Store:
             if db.execute("SELECT 1 FROM repos WHERE type=? AND repo_id=?", (repo_type, repo_id)).fetchone():
                 raise HubError(409, f"You already created this {repo_type} repo: {repo_id}")
             created = now_iso()
-            pk = db.execute("INSERT INTO repos(type, repo_id, private, created_at) VALUES(?,?,?,?)",
-                            (repo_type, repo_id, int(private), created)).lastrowid
+            db.execute("INSERT INTO repos(type, repo_id, private, created_at) VALUES(?,?,?,?)",
+                       (repo_type, repo_id, int(private), created))
         sha, size = self.write_blob([GITATTRIBUTES])
         self.commit(self.get_repo(repo_type, repo_id), "main", "initial commit", "", author,
                     put={".gitattributes": (sha, size, False, git_blob_sha1(GITATTRIBUTES))})
@@ -186,7 +182,7 @@ class Store:
         row = self._db().execute("SELECT pk, type, repo_id, private, created_at FROM repos "
                                  "WHERE type=? AND repo_id=?", (repo_type, repo_id)).fetchone()
         if row is None:
-            raise repo_not_found(repo_id)
+            raise HubError(404, f"Repository not found: {repo_id}", "RepoNotFound")
         return Repo(row[0], row[1], row[2], bool(row[3]), row[4])
 
     def list_repos(self, repo_type: str) -> list[Repo]:
