@@ -168,7 +168,8 @@ def evaluate_revisions(model: str, revisions: list[str], dataset: str, *, split:
                         "% of questions")
     (out / "breakdown.png").write_bytes(plot)
     (out / "results.json").write_text(json.dumps({rev: asdict(s) for rev, s in results.items()}, indent=2))
-    if write_cards and not Path(model).is_dir():
+    from hubtools.models import resolve_model
+    if write_cards and not Path(resolve_model(model)).is_dir():  # a local folder has no card to update
         for rev, s in results.items():
             write_card_results(model, rev, s, dataset, split, plot)
     return results

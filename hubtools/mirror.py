@@ -82,10 +82,11 @@ class _RepoMirror:
         base_dst = self.mapping[history[base].commit_id]
         if dst_branches.get(branch) != base_dst:
             if branch in dst_branches:
-                if branch == "main":
-                    raise RuntimeError(f"{self.repo}: main on the destination has commits the source lacks; "
-                                       "refusing to rewrite it")
-                self.d.delete_branch(self.repo, branch=branch, **kw)
+                if dst_branches[branch] not in self.mapping.values():  # someone committed on the destination
+                    self.report.append(f"{self.repo}: branch {branch} skipped: the destination has commits the "
+                                       "source lacks; refusing to rewrite it")
+                    return
+                self.d.delete_branch(self.repo, branch=branch, **kw)  # a moved branch (e.g. `latest`)
             self.d.create_branch(self.repo, branch=branch, revision=base_dst, **kw)
         todo = history[base + 1:]
         for prev, commit in zip(history[base:], todo):

@@ -169,7 +169,7 @@ def _move_latest(api: HfApi, repo_id: str, revision: str) -> None:
     current = next((b.target_commit for b in branches if b.name == LATEST_BRANCH), None)
     if current == target:
         return
-    if current is not None:
+    if current is not None:  # the Hub cannot move a branch: `latest` is briefly absent here
         api.delete_branch(repo_id, branch=LATEST_BRANCH)
     api.create_branch(repo_id, branch=LATEST_BRANCH, revision=target, exist_ok=True)
 
@@ -235,6 +235,9 @@ class AsyncPublisher:
                extra_files: dict[str, bytes | Callable[[], bytes | None]] | None = None, overwrite: bool = False,
                move_latest: bool = True) -> None:
         """Queue `folder` for `revision`. Callables in `extra_files` must be picklable (e.g. a partial)."""
+        if not self._proc.is_alive():
+            raise PublishError(f"the publisher process for {self.repo_id} is not running "
+                               f"(exit code {self._proc.exitcode}); {revision} was not queued")
         staged = self._staging / f"{next(self._counter):05d}-{revision}"
         for rel, src in checkpoint_files(folder, self.include_optimizer).items():
             dst = staged / rel

@@ -220,3 +220,10 @@ def test_mirror_copies_history_branches_tags_and_cards(api, hub, other_hub, repo
     assert len(dst.list_repo_commits(repo_name)) == len(api.list_repo_commits(repo_name))
     assert mirror(hub.url, other_hub.url, repos=[repo_name], src_token=HUB_TOKEN,
                   dst_token=HUB_TOKEN) == [f"{repo_name}: up to date"]
+
+    # A commit made on the destination (e.g. eval results) is never rewritten by a later mirror.
+    dst.upload_file(path_or_fileobj=b"eval", path_in_repo="eval.txt", repo_id=repo_name, revision="step-1")
+    api.upload_file(path_or_fileobj=b"more", path_in_repo="more.txt", repo_id=repo_name, revision="step-1")
+    report = mirror(hub.url, other_hub.url, repos=[repo_name], src_token=HUB_TOKEN, dst_token=HUB_TOKEN)
+    assert any("branch step-1 skipped" in line for line in report)
+    assert "eval.txt" in dst.list_repo_files(repo_name, revision="step-1")

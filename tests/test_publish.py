@@ -105,3 +105,12 @@ def test_async_publisher_reports_failures_and_keeps_going(api, repo_name, tmp_pa
     with pytest.raises(PublishError, match="step-1"):
         pub.close()
     assert "step-2" in branches(api, repo_name)
+
+
+def test_submit_after_the_worker_died_raises_instead_of_hanging(repo_name, tmp_path):
+    pub = AsyncPublisher(repo_name)
+    pub._proc.kill()
+    pub._proc.join()
+    with pytest.raises(PublishError, match="not running"):
+        pub.submit(make_checkpoint(tmp_path, 1), "step-1")
+    pub.close()

@@ -68,10 +68,12 @@ def test_full_run_publishes_each_step_with_its_card(tmp_path, tiny_model_dir, hu
         "print(type(m).__name__, sum(p.numel() for p in m.parameters()))\n"))
     assert stdout.startswith("Qwen3ForCausalLM")
 
-    # Resume from a Hub revision: the run continues at step 1 and publishes step-2 anew.
-    resumed = grpo(tmp_path / "resume", tiny_model_dir, hub_dataset, repo_name + "-resumed",
+    # Resume from a Hub revision of the same repo: the run continues at step 1 and replaces step-2.
+    resumed = grpo(tmp_path / "resume", tiny_model_dir, hub_dataset, repo_name,
                    "--resume_from_checkpoint", f"{repo_name}@step-1")
     assert "published step-2" in resumed.stdout and "published step-1" not in resumed.stdout
+    assert api.list_repo_refs(repo_name).branches and \
+        {b.name: b.target_commit for b in api.list_repo_refs(repo_name).branches}["step-2"] != refs["step-2"]
 
 
 def test_lora_run_publishes_adapters_and_merged_weights(tmp_path, tiny_model_dir, hub_dataset, repo_name):

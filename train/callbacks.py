@@ -39,13 +39,14 @@ class HubPublishCallback(TrainerCallback):
     """
 
     def __init__(self, publisher: AsyncPublisher, card_info: Callable[[int, list[dict]], dict],
-                 merge_lora: Callable[[Path], Path] | None = None):
+                 merge_lora: Callable[[Path], Path] | None = None, overwrite_steps: bool = False):
         self.publisher, self.card_info, self.merge_lora = publisher, card_info, merge_lora
+        self.overwrite_steps = overwrite_steps  # a resumed run re-saves steps it may have published before
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             self.publish(Path(args.output_dir) / f"checkpoint-{state.global_step}", f"step-{state.global_step}",
-                         state)
+                         state, overwrite=self.overwrite_steps)
 
     def publish(self, folder: Path, revision: str, state, *, overwrite: bool = False) -> None:
         """Queue `folder` for `revision` with a card for `state.global_step` and the reward curve so far."""

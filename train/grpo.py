@@ -224,7 +224,8 @@ def main(argv: list[str] | None = None) -> dict:
                                    include_optimizer=script_args.publish_optimizer_states)
         merge = _lora_merger(model_args.model_name_or_path) if (model_args.use_peft and script_args.publish_merged) \
             else None
-        callback = HubPublishCallback(publisher, card_info, merge_lora=merge)
+        callback = HubPublishCallback(publisher, card_info, merge_lora=merge,
+                                      overwrite_steps=bool(training_args.resume_from_checkpoint))
         trainer.add_callback(callback)
 
     try:

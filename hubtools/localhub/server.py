@@ -101,7 +101,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self, method: str) -> None:
         url = urlsplit(self.path)
         self.query = parse_qs(url.query)
-        self._body_read = False
+        self._body_read = self._headers_sent = False
         try:
             for m, rx, name in _COMPILED:
                 match = rx.match(url.path)
@@ -111,13 +111,17 @@ class _Handler(BaseHTTPRequestHandler):
                     break
             else:
                 raise HubError(404, f"No route for {method} {url.path}")
-        except HubError as e:
-            self._error(e)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
-        except Exception as e:  # a bug must answer 500, not hang the client
-            log.exception("error handling %s %s", method, self.path)
-            self._error(HubError(500, f"Internal error: {type(e).__name__}: {e}"))
+        except Exception as e:
+            if self._headers_sent:  # mid-body: a second response would garble the stream; cut it short
+                log.exception("error after headers for %s %s", method, self.path)
+                self.close_connection = True
+            elif isinstance(e, HubError):
+                self._error(e)
+            else:  # a bug must answer 500, not hang the client
+                log.exception("error handling %s %s", method, self.path)
+                self._error(HubError(500, f"Internal error: {type(e).__name__}: {e}"))
 
     # -- helpers ----------------------------------------------------------------------------
     def _error(self, e: HubError) -> None:
@@ -493,6 +497,7 @@ class _Handler(BaseHTTPRequestHandler):
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{end}/{f.size}")
         self.end_headers()
+        self._headers_sent = True
         if self.command == "HEAD" or not length:
             return
         self.wfile.flush()
