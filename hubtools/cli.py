@@ -196,7 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args) or 0
+    try:
+        return args.func(args) or 0
+    except (ValueError, FileNotFoundError, RuntimeError) as e:  # bad input or a refused operation: no traceback
+        if os.environ.get("HUBTOOLS_DEBUG"):
+            raise
+        print(f"hubtools {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
