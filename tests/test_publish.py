@@ -114,3 +114,16 @@ def test_submit_after_the_worker_died_raises_instead_of_hanging(repo_name, tmp_p
     with pytest.raises(PublishError, match="not running"):
         pub.submit(make_checkpoint(tmp_path, 1), "step-1")
     pub.close()
+
+
+def test_cli_publish_then_refused_overwrite_is_one_line(repo_name, tmp_path):
+    import subprocess
+    import sys
+    folder = make_checkpoint(tmp_path, 3)
+    cmd = [sys.executable, "-m", "hubtools.cli", "publish", str(folder), "--repo", repo_name, "--revision", "step-3",
+           "--card-info", str(ROOT / "examples" / "seed004_run.yaml")]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0 and f"{repo_name}/tree/step-3" in first.stdout, first.stderr[-2000:]
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and "Traceback" not in again.stderr
+    assert "already has revision 'step-3'" in again.stderr
