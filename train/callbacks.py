@@ -8,6 +8,7 @@ links, a queue, a background thread), so training goes on at once and no step is
 from __future__ import annotations
 
 import logging
+import shutil
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -61,6 +62,7 @@ class HubPublishCallback(TrainerCallback):
             info["loading"] = {"kind": "lora", "merged_revision": f"{revision}-merged"}
             self.publisher.submit(merged, f"{revision}-merged", card_info={**info, "loading": {"kind": "full"}},
                                   extra_files=extra, move_latest=False, overwrite=overwrite)
+            shutil.rmtree(merged)  # staged by `submit`; a full copy per save would fill the disk
         elif (folder / "adapter_config.json").exists():
             info["loading"] = {"kind": "lora"}
         self.publisher.submit(folder, revision, card_info=info, extra_files=extra, overwrite=overwrite)
