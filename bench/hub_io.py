@@ -23,11 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from hubtools.hubenv import free_port
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def peak_rss_mib(pid: int) -> float:

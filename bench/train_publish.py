@@ -14,12 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from hubtools.hubenv import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 _RUN = """
@@ -28,11 +29,6 @@ from train.grpo import main
 print("METRICS" + json.dumps(main(sys.argv[1:])))
 """
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run(argv: list[str], env: dict) -> tuple[float, float]:

@@ -8,7 +8,6 @@ the published revisions (written into their cards) → `from_pretrained(repo, re
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,16 +20,11 @@ MODEL_REPO = "demo/smollm2-factuality-grpo"
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def start_local_hub(root: Path) -> str:
     """Serve a local hub from `root` on a background thread; returns its URL."""
     from hubtools.localhub.server import HubServer
-    server = HubServer(root, port=_free_port())
+    server = HubServer(root, port=0)  # the OS picks a free port
     threading.Thread(target=server.serve_forever, name="local-hub", daemon=True).start()
     return server.url
 

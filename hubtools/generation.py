@@ -16,7 +16,6 @@ import importlib.util
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from tqdm.auto import tqdm
+
+from hubtools.hubenv import free_port
 
 log = logging.getLogger(__name__)
 
@@ -346,11 +347,6 @@ def make_generator(spec: dict | str) -> Generator:
 # ---------------------------------------------------------------------------------------- transformers serve
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @contextlib.contextmanager
 def serve_transformers(model_path: str | Path, port: int | None = None, *,
@@ -361,7 +357,7 @@ def serve_transformers(model_path: str | Path, port: int | None = None, *,
     (HF_HUB_OFFLINE=1), and requests must name the model exactly as given here:
     `OpenAIGenerator(base_url, str(model_path))`. It ignores `n`; OpenAIGenerator copes.
     """
-    model_path, port = str(model_path), port or _free_port()
+    model_path, port = str(model_path), port or free_port()
     cmd = [sys.executable, "-m", "transformers.cli.transformers", "serve", model_path,
            "--host", "127.0.0.1", "--port", str(port)]
     with tempfile.TemporaryFile() as out:

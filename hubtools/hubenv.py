@@ -8,6 +8,7 @@ switch Xet off here; `hubtools/__init__.py` calls this first thing, so users nev
 from __future__ import annotations
 
 import os
+import socket
 from urllib.parse import urlsplit
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
@@ -23,3 +24,10 @@ def configure_for_endpoint(endpoint: str | None = None) -> None:
         os.environ["HF_ENDPOINT"] = endpoint.rstrip("/")
     if is_local_endpoint(os.environ.get("HF_ENDPOINT")):
         os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now, for a server started in a subprocess."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -17,11 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from hubtools.hubenv import free_port
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 HUB_PORT = free_port()

@@ -10,7 +10,7 @@ import logging
 import openai
 import pytest
 
-from conftest import free_port
+from hubtools.hubenv import free_port
 from faults import FlakySlowProxy
 from hubtools.generation import (
     Generator,

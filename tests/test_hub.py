@@ -16,7 +16,8 @@ from huggingface_hub.errors import (
     EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError,
 )
 
-from conftest import HUB_TOKEN, HubProcess, free_port
+from conftest import HUB_TOKEN, HubProcess
+from hubtools.hubenv import free_port
 
 
 def _write_folder(tmp_path, big_mb: int = 11):

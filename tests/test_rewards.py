@@ -10,7 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import ROOT, free_port
+from conftest import ROOT
+from hubtools.hubenv import free_port
 from train.rewards import build_rewards
 from train.rewards.factuality import caution, fact, fact_caution
 

@@ -10,7 +10,8 @@ import sys
 import pytest
 from huggingface_hub import HfApi, ModelCard, hf_hub_download
 
-from conftest import ROOT, free_port
+from conftest import ROOT
+from hubtools.hubenv import free_port
 
 SYSTEM = "Answer in \\boxed{}; \\boxed{Unknown} if not sure."
 QUESTIONS = [("Capital of France?", ["Paris"]), ("Who wrote Hamlet?", ["Shakespeare", "William Shakespeare"]),
