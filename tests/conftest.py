@@ -42,8 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 class HubProcess:
     """`hubtools hub serve` in a subprocess on a fixed loopback port; can be killed and restarted."""
 
-    def __init__(self, root: Path, port: int, token: str | None):
-        self.root, self.port, self.token = root, port, token
+    def __init__(self, root: Path, port: int, token: str | None, args: tuple[str, ...] = ()):
+        self.root, self.port, self.token, self.args = root, port, token, args
         self.url = f"http://127.0.0.1:{port}"
         self.proc: subprocess.Popen | None = None
 
@@ -53,7 +53,7 @@ class HubProcess:
         if self.token:
             env["HUBTOOLS_HUB_TOKEN"] = self.token
         self.proc = subprocess.Popen([sys.executable, "-m", "hubtools.cli", "hub", "serve", "--root",
-                                      str(self.root), "--port", str(self.port)], env=env, cwd=ROOT,
+                                      str(self.root), "--port", str(self.port), *self.args], env=env, cwd=ROOT,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.time() + 30
         while time.time() < deadline:

@@ -1,15 +1,21 @@
 """`hubtools hub serve`: the subset of the Hugging Face Hub HTTP API that huggingface_hub,
-transformers and datasets use, served from a `Store`.
+transformers and datasets use, served from a `Store`, plus read-only web pages.
 
-Why the standard library's threaded HTTP server: bodies are read and written in fixed-size
-chunks straight from/to the socket (uploads hash-and-spool to disk, downloads use `sendfile`),
-so memory stays flat for multi-GB files, and there is no framework between the client's bytes
-and the store.
+Why Starlette on uvicorn: HTTP framing (Content-Length, chunked bodies, keep-alive, pipelining),
+Range requests and header validation belong to a well-kept server, not to us; Starlette adds
+routing and responses and still hands an upload's body over as a stream, which an LFS PUT needs to
+hash and write once without buffering. FastAPI's extras (OpenAPI, dependency injection) are not
+needed here. Request bodies are validated into pydantic models (pydantic comes with the serving
+stack) and a bad body, field or header answers 400 naming it. Our code is Hub semantics; the
+limits a network service needs are below: header size and header-read timeout (`_HubProtocol`),
+body size caps, an idle timeout on every body read, and a global budget for bytes held in memory.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import binascii
 import hashlib
 import hmac
 import json
@@ -17,495 +23,351 @@ import logging
 import os
 import re
 import secrets
+import socket
+import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from typing import Any, AsyncIterator, Literal
+from urllib.parse import quote, unquote
 
+import uvicorn
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from hubtools.localhub.store import (
-    CHUNK, HubError, Repo, Store, git_blob_sha1, lfs_pointer,
-)
+from hubtools.localhub.store import HubError, Repo, Store, check_oid, git_blob_sha1, lfs_pointer
 
 log = logging.getLogger("hubtools.hub")
 USER = "local"
-_T = r"(?P<t>models|datasets|spaces)"
-_REPO = r"(?P<repo>[^/]+/[^/]+)"
-_PREFIX = r"(?:/(?P<p>datasets|spaces))?"
-# (method, regex over the raw path, handler name); segments are unquoted after matching.
-_ROUTES = [
-    ("POST", r"/api/repos/create", "create_repo"),
-    ("DELETE", r"/api/repos/delete", "delete_repo"),
-    ("GET", r"/api/whoami-v2", "whoami"),
-    ("POST", r"/api/validate-yaml", "validate_yaml"),
-    ("GET", r"/api/" + _T, "list_repos"),
-    ("GET", rf"/api/{_T}/{_REPO}(?:/revision/(?P<rev>[^/]+))?", "repo_info"),
-    ("PUT", rf"/api/{_T}/{_REPO}/settings", "settings"),
-    ("POST", rf"/api/{_T}/{_REPO}/preupload/(?P<rev>[^/]+)", "preupload"),
-    ("POST", rf"/api/{_T}/{_REPO}/commit/(?P<rev>[^/]+)", "commit"),
-    ("POST", rf"/api/{_T}/{_REPO}/branch/(?P<name>[^/]+)", "create_branch"),
-    ("DELETE", rf"/api/{_T}/{_REPO}/branch/(?P<name>[^/]+)", "delete_branch"),
-    ("POST", rf"/api/{_T}/{_REPO}/tag/(?P<rev>[^/]+)", "create_tag"),
-    ("DELETE", rf"/api/{_T}/{_REPO}/tag/(?P<name>[^/]+)", "delete_tag"),
-    ("GET", rf"/api/{_T}/{_REPO}/refs", "refs"),
-    ("GET", rf"/api/{_T}/{_REPO}/commits/(?P<rev>[^/]+)", "commits"),
-    ("GET", rf"/api/{_T}/{_REPO}/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?", "tree"),
-    ("POST", rf"/api/{_T}/{_REPO}/paths-info/(?P<rev>[^/]+)", "paths_info"),
-    ("POST", rf"{_PREFIX}/{_REPO}\.git/info/lfs/objects/batch", "lfs_batch"),
-    ("PUT", rf"/_lfs/{_T}/{_REPO}/(?P<oid>[0-9a-f]{{64}})", "lfs_upload"),
-    ("GET", rf"{_PREFIX}/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "resolve"),
-    ("HEAD", rf"{_PREFIX}/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "resolve"),
-]
-_COMPILED = [(m, re.compile(f"^{rx}/?$"), name) for m, rx, name in _ROUTES]
-_SINGULAR = {"models": "model", "datasets": "dataset", "spaces": "space", None: "model"}
+_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
+
+JSON_LIMIT = 2 << 20             # a JSON request body (preupload, LFS batch, paths-info, …)
+COMMIT_LINE_LIMIT = 16 << 20     # one ndjson commit line (an inline base64 file)
+UPLOAD_BATCH = 8 << 20           # an LFS body is hashed and written in batches of this many bytes
+MEMORY_BUDGET = 128 << 20        # bytes of request bodies held in memory, all requests together
+BODY_IDLE_TIMEOUT = 60.0         # seconds a body may stall between two reads
+HEADER_TIMEOUT = 30.0            # seconds to send a request's line and headers
+HEADER_LIMIT = 64 << 10          # bytes of request line + headers
+MAX_CONNECTIONS = 256
 
 
-class HubServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
+# -- request models: what a client may send -------------------------------------------------
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")
 
-    def __init__(self, root: str | os.PathLike, host: str = "127.0.0.1", port: int = 0,
-                 token: str | None = None):
+
+class CreateRepo(_Body):
+    name: str = Field(min_length=1, max_length=96)
+    organization: str | None = Field(default=None, max_length=96)
+    type: Literal["model", "dataset", "space"] = "model"
+    private: bool | None = None
+    visibility: Literal["public", "private"] | None = None
+
+
+class DeleteRepo(_Body):
+    name: str
+    organization: str | None = None
+    type: Literal["model", "dataset", "space"] = "model"
+
+
+class Settings(_Body):
+    private: bool | None = None
+    visibility: Literal["public", "private"] | None = None
+
+
+class CreateBranch(_Body):
+    startingPoint: str | None = None
+
+
+class CreateTag(_Body):
+    tag: str = Field(min_length=1)
+    message: str | None = None
+
+
+class PreuploadFile(_Body):
+    path: str
+    sample: str | None = None
+    size: int | None = None
+
+
+class Preupload(_Body):
+    files: list[PreuploadFile] = Field(default_factory=list, max_length=10_000)
+
+
+class LfsObject(_Body):
+    oid: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=0)
+
+
+class LfsBatch(_Body):
+    operation: Literal["upload"]
+    objects: list[LfsObject] = Field(max_length=10_000)
+
+
+class PathsInfo(_Body):
+    paths: list[str] | str = Field(default_factory=list)
+
+
+class CommitLine(_Body):
+    key: Literal["header", "file", "lfsFile", "deletedFile", "deletedFolder"]
+    value: dict[str, Any]
+
+
+class CommitHeader(_Body):
+    summary: str = ""
+    description: str = ""
+    parentCommit: str | None = None
+
+
+class InlineFile(_Body):
+    path: str
+    content: str
+    encoding: Literal["base64", "utf-8"] = "utf-8"
+
+
+class LfsFile(_Body):
+    path: str
+    oid: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class DeletedPath(_Body):
+    path: str
+
+
+def _validated(model: type[BaseModel], data: Any, where: str = "body") -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "(root)"
+        raise HubError(400, f"Invalid {where}: {field}: {err['msg']}") from None
+
+
+# -- the hub --------------------------------------------------------------------------------
+class _Budget:
+    """Bytes of request bodies held in memory by all requests together. Over budget answers 503
+    (clients retry it) instead of waiting: nothing can deadlock on it, and RAM stays bounded."""
+
+    def __init__(self, total: int):
+        self.free = total
+        self.lock = threading.Lock()
+
+    def take(self, n: int) -> None:
+        with self.lock:
+            if n > self.free:
+                raise HubError(503, "The hub is busy (memory budget for request bodies in use); retry")
+            self.free -= n
+
+    def give(self, n: int) -> None:
+        with self.lock:
+            self.free += n
+
+
+class Hub:
+    """Hub semantics over a `Store`: auth, repo access, upload links."""
+
+    def __init__(self, root: str | os.PathLike, token: str | None = None, body_timeout: float = BODY_IDLE_TIMEOUT):
         self.store = Store(root)
-        self.token = token or None
+        self.token = token.encode() if token else None
+        self.body_timeout = body_timeout
+        self.budget = _Budget(MEMORY_BUDGET)
         # Upload links are pre-signed (clients PUT them without auth headers, as with S3).
         self.signing_key = (token or "").encode() + secrets.token_bytes(16)
-        super().__init__((host, port), _Handler)
 
-    @property
-    def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def sign(self, repo_type: str, repo_id: str, oid: str, expires: int) -> str:
-        msg = f"{repo_type}/{repo_id}/{oid}/{expires}".encode()
-        return hmac.new(self.signing_key, msg, hashlib.sha256).hexdigest()
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # headers and body go out in separate writes: avoid 40 ms delayed-ACK stalls
-    server: HubServer
-
-    # -- dispatch ---------------------------------------------------------------------------
-    def do_GET(self): self._dispatch("GET")
-    def do_HEAD(self): self._dispatch("HEAD")
-    def do_POST(self): self._dispatch("POST")
-    def do_PUT(self): self._dispatch("PUT")
-    def do_DELETE(self): self._dispatch("DELETE")
-
-    def log_message(self, fmt, *args):  # route the stdlib's access log through logging
-        log.debug("%s " + fmt, self.address_string(), *args)
-
-    def _dispatch(self, method: str) -> None:
-        url = urlsplit(self.path)
-        self.query = parse_qs(url.query)
-        self._body_read = self._headers_sent = False
-        try:
-            for m, rx, name in _COMPILED:
-                match = rx.match(url.path)
-                if match and m == method:
-                    args = {k: unquote(v) for k, v in match.groupdict().items() if v is not None}
-                    getattr(self, "h_" + name)(**args)
-                    break
-            else:
-                raise HubError(404, f"No route for {method} {url.path}")
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
-        except Exception as e:
-            if self._headers_sent:  # mid-body: a second response would garble the stream; cut it short
-                log.exception("error after headers for %s %s", method, self.path)
-                self.close_connection = True
-            elif isinstance(e, HubError):
-                self._error(e)
-            else:  # a bug must answer 500, not hang the client
-                log.exception("error handling %s %s", method, self.path)
-                self._error(HubError(500, f"Internal error: {type(e).__name__}: {e}"))
-
-    # -- helpers ----------------------------------------------------------------------------
-    def _error(self, e: HubError) -> None:
-        headers = {"X-Error-Message": e.message.replace("\n", " ")[:500]}
-        has_body = int(self.headers.get("Content-Length") or 0) or "Transfer-Encoding" in self.headers
-        if has_body and not self._body_read:  # unread request body: this connection cannot be reused
-            self.close_connection = True
-            headers["Connection"] = "close"
-        if e.code:
-            headers["X-Error-Code"] = e.code
-        self._json({"error": e.message}, status=e.status, headers=headers)
-
-    def _json(self, obj, status: int = 200, headers: dict | None = None) -> None:
-        data = json.dumps(obj).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
-
-    def _body_stream(self):
-        """The request body as a stream of chunks (Content-Length or chunked encoding)."""
-        self._body_read = True
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    return
-                remaining = size
-                while remaining:
-                    chunk = self.rfile.read(min(CHUNK, remaining))
-                    if not chunk:
-                        raise HubError(400, "Connection closed mid-upload")
-                    remaining -= len(chunk)
-                    yield chunk
-                self.rfile.readline()
-        else:
-            remaining = int(self.headers.get("Content-Length") or 0)
-            while remaining:
-                chunk = self.rfile.read(min(CHUNK, remaining))
-                if not chunk:
-                    raise HubError(400, "Connection closed mid-upload")
-                remaining -= len(chunk)
-                yield chunk
-
-    def _body(self, limit: int = 64 << 20) -> bytes:
-        buf = bytearray()
-        for chunk in self._body_stream():
-            buf += chunk
-            if len(buf) > limit:
-                raise HubError(413, f"Request body over {limit} bytes; upload large files through LFS")
-        return bytes(buf)
-
-    def _json_body(self) -> dict:
-        raw = self._body()
-        if self.headers.get("Content-Type", "").startswith("application/x-www-form-urlencoded"):
-            return {k: v for k, v in parse_qs(raw.decode()).items()}
-        try:
-            return json.loads(raw or b"{}")
-        except json.JSONDecodeError as e:
-            raise HubError(400, f"Request body is not JSON: {e}")
-
-    def _authorized(self) -> bool:
-        if self.server.token is None:
+    def authorized(self, request: Request) -> bool:
+        if self.token is None:
             return True
-        auth = self.headers.get("Authorization", "")
-        return hmac.compare_digest(auth.removeprefix("Bearer ").strip(), self.server.token)
+        raw = dict(request.scope["headers"]).get(b"authorization", b"")
+        return hmac.compare_digest(raw.removeprefix(b"Bearer ").strip(), self.token)
 
-    def _require_write(self) -> None:
-        if not self._authorized():
+    def require_write(self, request: Request) -> None:
+        if not self.authorized(request):
             raise HubError(401, "Invalid or missing token: this hub requires a write token "
                                 "(set HF_TOKEN to the token the hub was started with)")
 
-    def _repo(self, t: str | None, repo: str, write: bool = False) -> Repo:
+    def can_read(self, request: Request, repo: Repo) -> bool:
+        return not repo.private or self.authorized(request)
+
+    def repo(self, request: Request, write: bool = False) -> Repo:
+        p = request.path_params
+        repo_type = _TYPES.get(p.get("t", "models"))
+        if repo_type is None:
+            raise HubError(404, f"Unknown repo type {p['t']!r}")
         if write:
-            self._require_write()
-        r = self.server.store.get_repo(_SINGULAR[t], repo)
-        if r.private and not self._authorized():
-            raise HubError(401, f"Repository not found: {repo}", "RepoNotFound")
+            self.require_write(request)
+        r = self.store.get_repo(repo_type, f"{p['ns']}/{p['name']}")
+        if not self.can_read(request, r):
+            raise HubError(401, f"Repository not found: {r.repo_id}", "RepoNotFound")
         return r
 
-    # -- repos ------------------------------------------------------------------------------
-    def h_create_repo(self):
-        self._require_write()
-        body = self._json_body()
-        name, org = body.get("name"), body.get("organization")
-        if not org:
-            raise HubError(400, f"Repo id must be namespaced ('user/{name}'): this hub has no default user")
-        private = body.get("visibility") == "private" if "visibility" in body else bool(body.get("private"))
-        repo_type = body.get("type") or "model"
-        repo_id = f"{org}/{name}"
-        prefix = "" if repo_type == "model" else f"{repo_type}s/"
-        answer = {"url": f"{self.server.url}/{prefix}{repo_id}", "name": repo_id}
+    def sign(self, repo_type: str, repo_id: str, oid: str, size: int, expires: int) -> str:
+        msg = f"{repo_type}/{repo_id}/{oid}/{size}/{expires}".encode()
+        return hmac.new(self.signing_key, msg, hashlib.sha256).hexdigest()
+
+
+def _hub(request: Request) -> Hub:
+    return request.app.state.hub
+
+
+def _rev(request: Request, key: str = "rev") -> str:
+    """A revision path parameter; `/` arrives quoted as %2F (see `_KeepEncodedSlashes`)."""
+    return request.path_params[key].replace("%2F", "/")
+
+
+def _base_url(request: Request) -> str:
+    return str(request.base_url).rstrip("/")
+
+
+def _prefix(repo: Repo) -> str:
+    return "" if repo.type == "model" else f"{repo.type}s/"
+
+
+# -- bodies ---------------------------------------------------------------------------------
+async def _chunks(request: Request) -> AsyncIterator[bytes]:
+    """The request body as it arrives; a stall longer than the hub's body timeout answers 408."""
+    timeout = _hub(request).body_timeout
+    stream = request.stream().__aiter__()
+    while True:
         try:
-            self.server.store.create_repo(repo_type, repo_id, private, USER)
-        except HubError as e:
-            if e.status != 409:
-                raise
-            # Like the Hub, a conflict still carries the url (clients with exist_ok read it).
-            return self._json({**answer, "error": e.message}, status=409, headers={"X-Error-Message": e.message})
-        self._json(answer)
-
-    def h_delete_repo(self):
-        self._require_write()
-        body = self._json_body()
-        repo_id = f"{body.get('organization')}/{body.get('name')}"
-        self.server.store.delete_repo(self.server.store.get_repo(body.get("type") or "model", repo_id))
-        self._json({})
-
-    def h_settings(self, t, repo):
-        r = self._repo(t, repo, write=True)
-        body = self._json_body()
-        if "visibility" in body or "private" in body:
-            self.server.store.set_private(r, body.get("visibility") == "private" if "visibility" in body
-                                          else bool(body["private"]))
-        self._json({})
-
-    def h_whoami(self):
-        if self.server.token is not None and not self._authorized():
-            raise HubError(401, "Invalid user token")
-        self._json({"type": "user", "name": USER, "fullname": USER, "orgs": [],
-                    "auth": {"type": "access_token", "accessToken": {"role": "write", "displayName": "local"}}})
-
-    def h_validate_yaml(self):
-        self._body()
-        self._json({"errors": [], "warnings": []})
-
-    def h_list_repos(self, t):
-        store, authorized = self.server.store, self._authorized()
-        search = (self.query.get("search") or self.query.get("author") or [""])[0]
-        out = []
-        for r in store.list_repos(_SINGULAR[t]):
-            if (r.private and not authorized) or search not in r.repo_id:
-                continue
-            out.append({"id": r.repo_id, "private": r.private, "createdAt": r.created_at,
-                        "sha": store.resolve(r, "main")})
-        self._json(out)
-
-    def h_repo_info(self, t, repo, rev="main"):
-        r = self._repo(t, repo)
-        store = self.server.store
-        oid = store.resolve(r, rev)
-        files = store.files(oid)
-        blobs = self.query.get("blobs", ["false"])[0].lower() == "true"
-        siblings = []
-        for f in files.values():
-            s = {"rfilename": f.path}
-            if blobs:
-                s.update(size=f.size, blobId=f.oid)
-                if f.lfs:
-                    s["lfs"] = {"sha256": f.sha256, "size": f.size,
-                                "pointerSize": len(lfs_pointer(f.sha256, f.size))}
-            siblings.append(s)
-        card = _card_data(store, files.get("README.md"))
-        info = store.commit_info(oid)
-        self._json({"_id": f"{r.pk}", "id": r.repo_id, "modelId": r.repo_id, "author": r.repo_id.split("/")[0],
-                    "sha": oid, "lastModified": info["date"], "createdAt": r.created_at, "private": r.private,
-                    "disabled": False, "gated": False, "downloads": 0, "likes": 0,
-                    "tags": list(card.get("tags") or []) if isinstance(card.get("tags"), list) else [],
-                    "library_name": card.get("library_name"), "pipeline_tag": card.get("pipeline_tag"),
-                    "cardData": card, "siblings": siblings, "usedStorage": sum(f.size for f in files.values())})
-
-    # -- refs and history -------------------------------------------------------------------
-    def h_create_branch(self, t, repo, name):
-        r = self._repo(t, repo, write=True)
-        start = self._json_body().get("startingPoint") or "main"
-        self.server.store.create_ref(r, "branch", name, start)
-        self._json({})
-
-    def h_delete_branch(self, t, repo, name):
-        self.server.store.delete_ref(self._repo(t, repo, write=True), "branch", name)
-        self._json({})
-
-    def h_create_tag(self, t, repo, rev):
-        r = self._repo(t, repo, write=True)
-        body = self._json_body()
-        if not body.get("tag"):
-            raise HubError(400, "Missing 'tag' in request body")
-        self.server.store.create_ref(r, "tag", body["tag"], rev)
-        self._json({})
-
-    def h_delete_tag(self, t, repo, name):
-        self.server.store.delete_ref(self._repo(t, repo, write=True), "tag", name)
-        self._json({})
-
-    def h_refs(self, t, repo):
-        refs = self.server.store.refs(self._repo(t, repo))
-        self._json({
-            "branches": [{"name": n, "ref": f"refs/heads/{n}", "targetCommit": o} for n, o in refs["branch"].items()],
-            "tags": [{"name": n, "ref": f"refs/tags/{n}", "targetCommit": o} for n, o in refs["tag"].items()],
-            "converts": [], "pullRequests": [],
-        })
-
-    def h_commits(self, t, repo, rev):
-        store = self.server.store
-        history = store.history(store.resolve(self._repo(t, repo), rev))
-        self._json([{"id": c["oid"], "title": c["title"], "message": c["message"], "date": c["date"],
-                     "authors": [{"user": c["author"], "avatar": None}]} for c in history])
-
-    # -- trees ------------------------------------------------------------------------------
-    def _tree_entries(self, files, path: str, recursive: bool) -> list[dict]:
-        prefix = path.strip("/") + "/" if path.strip("/") else ""
-        out, dirs = [], {}
-        for f in files.values():
-            if not f.path.startswith(prefix):
-                continue
-            rest = f.path[len(prefix):]
-            parts = rest.split("/")
-            for depth in range(1, len(parts)):
-                if not recursive and depth > 1:
-                    break
-                d = prefix + "/".join(parts[:depth])
-                dirs.setdefault(d, hashlib.sha1()).update(f.oid.encode())
-            if recursive or len(parts) == 1:
-                out.append(f.tree_json())
-        out += [{"type": "directory", "oid": h.hexdigest(), "path": d} for d, h in dirs.items()]
-        return sorted(out, key=lambda e: e["path"])
-
-    def h_tree(self, t, repo, rev, path=""):
-        store = self.server.store
-        files = store.files(store.resolve(self._repo(t, repo), rev))
-        recursive = self.query.get("recursive", ["false"])[0].lower() == "true"
-        entries = self._tree_entries(files, path, recursive)
-        if path.strip("/") and not entries:
-            raise HubError(404, f"Entry not found: {path}", "EntryNotFound")
-        self._json(entries)
-
-    def h_paths_info(self, t, repo, rev):
-        store = self.server.store
-        files = store.files(store.resolve(self._repo(t, repo), rev))
-        body = self._json_body()
-        paths = body.get("paths") or []
-        out = []
-        for p in [paths] if isinstance(paths, str) else paths:
-            p = p.strip("/")
-            if p in files:
-                out.append(files[p].tree_json())
-            elif any(k.startswith(p + "/") for k in files):
-                h = hashlib.sha1("".join(f.oid for k, f in files.items() if k.startswith(p + "/")).encode())
-                out.append({"type": "directory", "oid": h.hexdigest(), "path": p})
-        self._json(out)
-
-    # -- uploads ----------------------------------------------------------------------------
-    def h_preupload(self, t, repo, rev):
-        r = self._repo(t, repo, write=True)
-        store = self.server.store
-        try:
-            head = store.resolve(r, rev)
-        except HubError:  # a branch the commit will create
-            head = None
-        current = store.files(head) if head else {}
-        body = self._json_body()
-        files = []
-        for f in body.get("files", []):
-            existing = current.get(f["path"])
-            # Always LFS: datasets deletes its temporary parquet files between preupload and commit.
-            files.append({"path": f["path"], "uploadMode": "lfs", "shouldIgnore": False,
-                          "oid": existing.sha256 if existing and existing.lfs else None})
-        self._json({"files": files, "commitOid": head})
-
-    def h_lfs_batch(self, repo, p=None):
-        t = p or "models"
-        r = self._repo(t, repo, write=True)
-        body = self._json_body()
-        if body.get("operation") != "upload":
-            raise HubError(400, "Only the 'upload' LFS operation is supported")
-        expires = int(time.time()) + 3600
-        objects = []
-        for obj in body.get("objects", []):
-            oid, size = obj["oid"], obj["size"]
-            entry = {"oid": oid, "size": size, "authenticated": True}
-            if not self.server.store.has_blob(oid):
-                sig = self.server.sign(t, r.repo_id, oid, expires)
-                href = (f"{self.server.url}/_lfs/{t}/{quote(r.repo_id)}/{oid}"
-                        f"?expires={expires}&size={size}&sig={sig}")
-                entry["actions"] = {"upload": {"href": href, "expires_at": "", "header": {}}}
-            objects.append(entry)
-        self._json({"transfer": "basic", "objects": objects, "hash_algo": "sha256"},
-                   headers={"Content-Type": "application/vnd.git-lfs+json"})
-
-    def h_lfs_upload(self, t, repo, oid):
-        q = {k: v[0] for k, v in self.query.items()}
-        expires = int(q.get("expires", "0"))
-        if expires < time.time() or not hmac.compare_digest(
-                q.get("sig", ""), self.server.sign(t, repo, oid, expires)):
-            raise HubError(403, "Upload link is invalid or expired; request a new one from the LFS batch API")
-        length = self.headers.get("Content-Length")
-        self.server.store.write_blob(self._body_stream(), int(length) if length else None, expected_sha256=oid)
-        self._json({})
-
-    def h_commit(self, t, repo, rev):
-        r = self._repo(t, repo, write=True)
-        store = self.server.store
-        if self.query.get("create_pr", ["0"])[0] in ("1", "true", "True"):
-            raise HubError(400, "Pull requests are not supported by the local hub")
-        header, put, delete, delete_folders = {}, {}, [], []
-        pending = b""
-        for chunk in self._body_stream():  # ndjson, parsed line by line: inline files stream to blobs
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                self._commit_line(line, header, put, delete, delete_folders)
-        self._commit_line(pending, header, put, delete, delete_folders)
-        oid = store.commit(r, rev, header.get("summary") or "Upload files", header.get("description") or "",
-                           USER, put=put, delete=delete, delete_folders=delete_folders,
-                           parent_commit=header.get("parentCommit"))
-        prefix = "" if t == "models" else f"{t}/"
-        self._json({"commitUrl": f"{self.server.url}/{prefix}{r.repo_id}/commit/{oid}",
-                    "commitOid": oid, "pullRequestUrl": None})
-
-    def _commit_line(self, line: bytes, header, put, delete, delete_folders) -> None:
-        if not line.strip():
+            chunk = await asyncio.wait_for(stream.__anext__(), timeout)
+        except StopAsyncIteration:
+            request.state.body_done = True
             return
-        item = json.loads(line)
-        key, value = item.get("key"), item.get("value") or {}
-        if key == "header":
-            header.update(value)
-        elif key == "file":
-            data = base64.b64decode(value["content"]) if value.get("encoding") == "base64" else \
-                value["content"].encode()
-            sha, size = self.server.store.write_blob([data])
-            put[value["path"]] = (sha, size, False, git_blob_sha1(data))
-        elif key == "lfsFile":
-            sha = value["oid"]
-            if not self.server.store.has_blob(sha):
-                raise HubError(400, f"LFS file {value['path']!r} was not uploaded (oid {sha})")
-            size = os.path.getsize(self.server.store.blob_path(sha))
-            put[value["path"]] = (sha, size, True, git_blob_sha1(lfs_pointer(sha, size)))
-        elif key == "deletedFile":
-            delete.append(value["path"])
-        elif key == "deletedFolder":
-            delete_folders.append(value["path"])
-        else:
-            raise HubError(400, f"Unknown commit operation {key!r}")
-
-    # -- downloads --------------------------------------------------------------------------
-    def h_resolve(self, repo, rev, path, p=None):
-        store = self.server.store
-        r = self._repo(p or "models", repo)
-        oid = store.resolve(r, rev)
-        f = store.files(oid).get(path)
-        if f is None:
-            raise HubError(404, f"Entry not found: {path} at {rev}", "EntryNotFound")
-        start, end, status = 0, f.size - 1, 200
-        rng = self.headers.get("Range")
-        if rng and f.size:
-            m = re.match(r"bytes=(\d*)-(\d*)$", rng.strip())
-            if not m or (not m.group(1) and not m.group(2)):
-                raise HubError(416, f"Unsupported Range header {rng!r}")
-            if m.group(1):
-                start = int(m.group(1))
-                end = min(int(m.group(2)), f.size - 1) if m.group(2) else f.size - 1
-            else:
-                start = max(f.size - int(m.group(2)), 0)
-            if start > end:
-                raise HubError(416, f"Range {rng!r} outside a {f.size}-byte file")
-            status = 206
-        length = max(end - start + 1, 0)
-        self.send_response(status)
-        self.send_header("Content-Length", str(length))
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Accept-Ranges", "bytes")
-        self.send_header("X-Repo-Commit", oid)
-        self.send_header("ETag", f'"{f.sha256 if f.lfs else f.oid}"')
-        if f.lfs:
-            self.send_header("X-Linked-Etag", f'"{f.sha256}"')
-            self.send_header("X-Linked-Size", str(f.size))
-        if status == 206:
-            self.send_header("Content-Range", f"bytes {start}-{end}/{f.size}")
-        self.end_headers()
-        self._headers_sent = True
-        if self.command == "HEAD" or not length:
-            return
-        self.wfile.flush()
-        with open(store.blob_path(f.sha256), "rb") as fh:
-            self.connection.sendfile(fh, start, length)
+        except asyncio.TimeoutError:
+            raise HubError(408, f"Request body stalled for {timeout:g} s") from None
+        if chunk:
+            yield chunk
 
 
-def _card_data(store: Store, readme) -> dict:
+async def _read_body(request: Request, limit: int = JSON_LIMIT) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise HubError(413, f"Request body of {declared} bytes is over the {limit}-byte limit for this route")
+    hub, buf = _hub(request), bytearray()
+    try:
+        async for chunk in _chunks(request):
+            if len(buf) + len(chunk) > limit:
+                raise HubError(413, f"Request body is over the {limit}-byte limit for this route")
+            hub.budget.take(len(chunk))
+            buf += chunk
+        return bytes(buf)
+    finally:
+        hub.budget.give(len(buf))
+
+
+async def _json(request: Request, model: type[BaseModel]) -> Any:
+    raw = await _read_body(request)
+    try:
+        data = json.loads(raw or b"{}")
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise HubError(400, f"Request body is not JSON: {e}") from None
+    return _validated(model, data)
+
+
+# -- errors ---------------------------------------------------------------------------------
+_UNSAFE_HEADER = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def header_safe(text: str, limit: int = 500) -> str:
+    """A header value from any text: non-ASCII escaped, control characters (CR, LF, …) removed."""
+    return _UNSAFE_HEADER.sub(" ", text.encode("ascii", "backslashreplace").decode("ascii"))[:limit]
+
+
+def _error_response(request: Request, status: int, message: str, code: str | None = None,
+                    extra: dict | None = None) -> Response:
+    headers = {"X-Error-Message": header_safe(message)}
+    if code:
+        headers["X-Error-Code"] = code
+    has_body = request.headers.get("content-length", "0") not in ("", "0") or "transfer-encoding" in request.headers
+    if has_body and not getattr(request.state, "body_done", False):
+        headers["Connection"] = "close"  # unread body bytes must never be parsed as a next request
+    return JSONResponse({**(extra or {}), "error": message}, status_code=status, headers=headers)
+
+
+async def _on_hub_error(request: Request, exc: HubError) -> Response:
+    return _error_response(request, exc.status, exc.message, exc.code)
+
+
+async def _on_http_exception(request: Request, exc: HTTPException) -> Response:
+    return _error_response(request, exc.status_code, str(exc.detail))
+
+
+async def _on_disconnect(request: Request, exc: ClientDisconnect) -> Response:
+    return _error_response(request, 400, "Client disconnected mid-request")
+
+
+# -- repos ----------------------------------------------------------------------------------
+async def create_repo(request: Request) -> Response:
+    hub = _hub(request)
+    hub.require_write(request)
+    body = await _json(request, CreateRepo)
+    if not body.organization:
+        raise HubError(400, f"Repo id must be namespaced ('user/{body.name}'): this hub has no default user")
+    private = body.visibility == "private" if body.visibility else bool(body.private)
+    repo_id = f"{body.organization}/{body.name}"
+    prefix = "" if body.type == "model" else f"{body.type}s/"
+    answer = {"url": f"{_base_url(request)}/{prefix}{repo_id}", "name": repo_id}
+    try:
+        await run_in_threadpool(hub.store.create_repo, body.type, repo_id, private, USER)
+    except HubError as e:
+        if e.status != 409:
+            raise
+        # Like the Hub, a conflict still carries the url (clients with exist_ok read it).
+        return _error_response(request, 409, e.message, extra=answer)
+    return JSONResponse(answer)
+
+
+async def delete_repo(request: Request) -> Response:
+    hub = _hub(request)
+    hub.require_write(request)
+    body = await _json(request, DeleteRepo)
+    repo_id = f"{body.organization}/{body.name}"
+    await run_in_threadpool(lambda: hub.store.delete_repo(hub.store.get_repo(body.type, repo_id)))
+    return JSONResponse({})
+
+
+async def settings(request: Request) -> Response:
+    hub = _hub(request)
+    r = hub.repo(request, write=True)
+    body = await _json(request, Settings)
+    if body.visibility or body.private is not None:
+        await run_in_threadpool(hub.store.set_private, r, body.visibility == "private" if body.visibility
+                                else bool(body.private))
+    return JSONResponse({})
+
+
+async def whoami(request: Request) -> Response:
+    if not _hub(request).authorized(request):
+        raise HubError(401, "Invalid user token")
+    return JSONResponse({"type": "user", "name": USER, "fullname": USER, "orgs": [],
+                         "auth": {"type": "access_token", "accessToken": {"role": "write", "displayName": "local"}}})
+
+
+async def validate_yaml(request: Request) -> Response:
+    await _read_body(request)
+    return JSONResponse({"errors": [], "warnings": []})
+
+
+def _list_repos(hub: Hub, request: Request, repo_type: str) -> list[dict]:
+    search = request.query_params.get("search") or request.query_params.get("author") or ""
+    return [{"id": r.repo_id, "private": r.private, "createdAt": r.created_at, "sha": hub.store.resolve(r, "main")}
+            for r in hub.store.list_repos(repo_type) if hub.can_read(request, r) and search in r.repo_id]
+
+
+async def list_repos(request: Request) -> Response:
+    repo_type = _TYPES.get(request.path_params["t"])
+    if repo_type is None:
+        raise HubError(404, f"Unknown repo type {request.path_params['t']!r}")
+    return JSONResponse(await run_in_threadpool(_list_repos, _hub(request), request, repo_type))
+
+
+def card_data(store: Store, readme) -> dict:
     """The YAML block at the top of README.md, as the Hub exposes it in `cardData`."""
     if readme is None or readme.size > 1 << 20:
         return {}
@@ -520,13 +382,489 @@ def _card_data(store: Store, readme) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def serve(root: str | os.PathLike, host: str = "127.0.0.1", port: int = 7860, token: str | None = None) -> None:
-    server = HubServer(root, host, port, token)
+def _repo_info(hub: Hub, request: Request, rev: str) -> dict:
+    store = hub.store
+    r = hub.repo(request)
+    oid = store.resolve(r, rev)
+    files = store.files(oid)
+    blobs = request.query_params.get("blobs", "false").lower() == "true"
+    siblings = []
+    for f in files.values():
+        s = {"rfilename": f.path}
+        if blobs:
+            s.update(size=f.size, blobId=f.oid)
+            if f.lfs:
+                s["lfs"] = {"sha256": f.sha256, "size": f.size, "pointerSize": len(lfs_pointer(f.sha256, f.size))}
+        siblings.append(s)
+    card = card_data(store, files.get("README.md"))
+    tags = card.get("tags")
+    return {"_id": f"{r.pk}", "id": r.repo_id, "modelId": r.repo_id, "author": r.repo_id.split("/")[0],
+            "sha": oid, "lastModified": store.commit_info(oid)["date"], "createdAt": r.created_at,
+            "private": r.private, "disabled": False, "gated": False, "downloads": 0, "likes": 0,
+            "tags": [str(t) for t in tags] if isinstance(tags, list) else [],
+            "library_name": card.get("library_name"), "pipeline_tag": card.get("pipeline_tag"),
+            "cardData": card, "siblings": siblings, "usedStorage": sum(f.size for f in files.values())}
+
+
+async def repo_info(request: Request) -> Response:
+    rev = _rev(request) if "rev" in request.path_params else "main"
+    return JSONResponse(await run_in_threadpool(_repo_info, _hub(request), request, rev))
+
+
+# -- refs and history -----------------------------------------------------------------------
+async def create_branch(request: Request) -> Response:
+    hub = _hub(request)
+    r = hub.repo(request, write=True)
+    body = await _json(request, CreateBranch)
+    await run_in_threadpool(hub.store.create_ref, r, "branch", _rev(request), body.startingPoint or "main")
+    return JSONResponse({})
+
+
+async def delete_branch(request: Request) -> Response:
+    hub = _hub(request)
+    await run_in_threadpool(hub.store.delete_ref, hub.repo(request, write=True), "branch", _rev(request))
+    return JSONResponse({})
+
+
+async def create_tag(request: Request) -> Response:
+    hub = _hub(request)
+    r = hub.repo(request, write=True)
+    body = await _json(request, CreateTag)
+    await run_in_threadpool(hub.store.create_ref, r, "tag", body.tag, _rev(request))
+    return JSONResponse({})
+
+
+async def delete_tag(request: Request) -> Response:
+    hub = _hub(request)
+    await run_in_threadpool(hub.store.delete_ref, hub.repo(request, write=True), "tag", _rev(request))
+    return JSONResponse({})
+
+
+async def refs(request: Request) -> Response:
+    hub = _hub(request)
+    all_refs = await run_in_threadpool(hub.store.refs, hub.repo(request))
+    return JSONResponse({
+        "branches": [{"name": n, "ref": f"refs/heads/{n}", "targetCommit": o} for n, o in all_refs["branch"].items()],
+        "tags": [{"name": n, "ref": f"refs/tags/{n}", "targetCommit": o} for n, o in all_refs["tag"].items()],
+        "converts": [], "pullRequests": [],
+    })
+
+
+def _commits(hub: Hub, request: Request, rev: str) -> list[dict]:
+    history = hub.store.history(hub.store.resolve(hub.repo(request), rev))
+    return [{"id": c["oid"], "title": c["title"], "message": c["message"], "date": c["date"],
+             "authors": [{"user": c["author"], "avatar": None}]} for c in history]
+
+
+async def commits(request: Request) -> Response:
+    return JSONResponse(await run_in_threadpool(_commits, _hub(request), request, _rev(request)))
+
+
+# -- trees ----------------------------------------------------------------------------------
+def tree_entries(files: dict, path: str, recursive: bool) -> list[dict]:
+    """Files and directories under `path` (one level, or all with `recursive`), as the Hub lists them."""
+    prefix = path.strip("/") + "/" if path.strip("/") else ""
+    out, dirs = [], {}
+    for f in files.values():
+        if not f.path.startswith(prefix):
+            continue
+        parts = f.path[len(prefix):].split("/")
+        for depth in range(1, len(parts) if recursive else min(len(parts), 2)):
+            dirs.setdefault(prefix + "/".join(parts[:depth]), hashlib.sha1()).update(f.oid.encode())
+        if recursive or len(parts) == 1:
+            out.append(f.tree_json())
+    out += [{"type": "directory", "oid": h.hexdigest(), "path": d} for d, h in dirs.items()]
+    return sorted(out, key=lambda e: e["path"])
+
+
+def _tree(hub: Hub, request: Request, rev: str, path: str) -> list[dict]:
+    files = hub.store.files(hub.store.resolve(hub.repo(request), rev))
+    entries = tree_entries(files, path, request.query_params.get("recursive", "false").lower() == "true")
+    if path.strip("/") and not entries:
+        raise HubError(404, f"Entry not found: {path}", "EntryNotFound")
+    return entries
+
+
+async def tree(request: Request) -> Response:
+    path = request.path_params.get("path", "")
+    return JSONResponse(await run_in_threadpool(_tree, _hub(request), request, _rev(request), path))
+
+
+def _paths_info(hub: Hub, request: Request, rev: str, paths: list[str]) -> list[dict]:
+    files = hub.store.files(hub.store.resolve(hub.repo(request), rev))
+    out = []
+    for p in (p.strip("/") for p in paths):
+        if p in files:
+            out.append(files[p].tree_json())
+        elif any(k.startswith(p + "/") for k in files):
+            h = hashlib.sha1("".join(f.oid for k, f in files.items() if k.startswith(p + "/")).encode())
+            out.append({"type": "directory", "oid": h.hexdigest(), "path": p})
+    return out
+
+
+async def paths_info(request: Request) -> Response:
+    form = request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded")
+    if form:  # huggingface_hub sends paths as a form
+        from urllib.parse import parse_qs
+        raw = await _read_body(request)
+        paths = parse_qs(raw.decode("utf-8", "replace")).get("paths", [])
+    else:
+        paths = (await _json(request, PathsInfo)).paths
+    paths = [paths] if isinstance(paths, str) else paths
+    return JSONResponse(await run_in_threadpool(_paths_info, _hub(request), request, _rev(request), paths))
+
+
+# -- uploads --------------------------------------------------------------------------------
+def _preupload(hub: Hub, r: Repo, rev: str, body: Preupload) -> dict:
+    try:
+        head = hub.store.resolve(r, rev)
+    except HubError:  # a branch the commit will create
+        head = None
+    current = hub.store.files(head) if head else {}
+    files = []
+    for f in body.files:
+        existing = current.get(f.path)
+        # Always LFS: datasets deletes its temporary parquet files between preupload and commit.
+        files.append({"path": f.path, "uploadMode": "lfs", "shouldIgnore": False,
+                      "oid": existing.sha256 if existing and existing.lfs else None})
+    return {"files": files, "commitOid": head}
+
+
+async def preupload(request: Request) -> Response:
+    hub = _hub(request)
+    r = hub.repo(request, write=True)
+    body = await _json(request, Preupload)
+    return JSONResponse(await run_in_threadpool(_preupload, hub, r, _rev(request), body))
+
+
+async def lfs_batch(request: Request) -> Response:
+    hub = _hub(request)
+    name = request.path_params["name"]
+    if not name.endswith(".git"):
+        raise HubError(404, f"No route for {request.url.path}")
+    request.path_params["name"] = name.removesuffix(".git")
+    r = hub.repo(request, write=True)
+    body = await _json(request, LfsBatch)
+    t = request.path_params.get("t", "models")
+    expires = int(time.time()) + 3600
+    objects = []
+    for obj in body.objects:
+        entry = {"oid": obj.oid, "size": obj.size, "authenticated": True}
+        if not await run_in_threadpool(hub.store.has_blob, obj.oid):
+            sig = hub.sign(t, r.repo_id, obj.oid, obj.size, expires)
+            href = (f"{_base_url(request)}/_lfs/{t}/{quote(r.repo_id)}/{obj.oid}"
+                    f"?expires={expires}&size={obj.size}&sig={sig}")
+            entry["actions"] = {"upload": {"href": href, "expires_at": "", "header": {}}}
+        objects.append(entry)
+    return JSONResponse({"transfer": "basic", "objects": objects, "hash_algo": "sha256"},
+                        headers={"Content-Type": "application/vnd.git-lfs+json"})
+
+
+async def lfs_upload(request: Request) -> Response:
+    """Stream the body to a temp file: hashed and written once, in UPLOAD_BATCH batches on a worker
+    thread while the next batch arrives; at most two batches are in memory."""
+    hub, p, q = _hub(request), request.path_params, request.query_params
+    oid = check_oid(p["oid"])
+    if p["t"] not in _TYPES:
+        raise HubError(404, f"Unknown repo type {p['t']!r}")
+    try:
+        expires, size = int(q.get("expires", "")), int(q.get("size", ""))
+    except ValueError:
+        raise HubError(400, "Upload link: 'expires' and 'size' must be integers") from None
+    sig = q.get("sig", "")
+    good = hub.sign(p["t"], f"{p['ns']}/{p['name']}", oid, size, expires)
+    if expires < time.time() or not hmac.compare_digest(sig.encode("ascii", "replace"), good.encode()):
+        raise HubError(403, "Upload link is invalid or expired; request a new one from the LFS batch API")
+    hub.budget.take(2 * UPLOAD_BATCH)
+    writer = await run_in_threadpool(hub.store.blob_writer)
+    pending: asyncio.Future | None = None
+    try:
+        batch, batch_bytes, total = [], 0, 0
+        async for chunk in _chunks(request):
+            total += len(chunk)
+            if total > size:
+                raise HubError(400, f"Upload is longer than the {size} bytes this link was issued for")
+            batch.append(chunk)
+            batch_bytes += len(chunk)
+            if batch_bytes >= UPLOAD_BATCH:
+                if pending is not None:
+                    await pending
+                pending = asyncio.ensure_future(run_in_threadpool(writer.write, batch))
+                batch, batch_bytes = [], 0
+        if pending is not None:
+            await pending
+        pending = None
+        await run_in_threadpool(writer.write, batch)
+        await run_in_threadpool(writer.finish, oid, size)
+    finally:
+        if pending is not None:  # an error mid-upload: let the write in flight end before closing its file
+            await asyncio.gather(pending, return_exceptions=True)
+        await run_in_threadpool(writer.abort)
+        hub.budget.give(2 * UPLOAD_BATCH)
+    return JSONResponse({})
+
+
+class _CommitParser:
+    """Applies ndjson commit lines as they arrive; inline files go straight to blobs."""
+
+    def __init__(self, hub: Hub):
+        self.hub = hub
+        self.header = CommitHeader()
+        self.put: dict[str, tuple] = {}
+        self.delete: list[str] = []
+        self.delete_folders: list[str] = []
+        self.n = 0
+
+    async def line(self, raw: bytes) -> None:
+        self.n += 1
+        if not raw.strip():
+            return
+        where = f"commit line {self.n}"
+        try:
+            data = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise HubError(400, f"Invalid {where}: not JSON ({e})") from None
+        item = _validated(CommitLine, data, where)
+        if item.key == "header":
+            self.header = _validated(CommitHeader, item.value, f"{where} (header)")
+        elif item.key == "file":
+            f = _validated(InlineFile, item.value, f"{where} (file)")
+            try:
+                content = base64.b64decode(f.content, validate=True) if f.encoding == "base64" \
+                    else f.content.encode()
+            except binascii.Error as e:
+                raise HubError(400, f"Invalid {where} (file {f.path!r}): content is not valid base64 ({e})") from None
+            sha, size = await run_in_threadpool(self.hub.store.write_blob, [content])
+            self.put[f.path] = (sha, size, False, git_blob_sha1(content))
+        elif item.key == "lfsFile":
+            f = _validated(LfsFile, item.value, f"{where} (lfsFile)")
+            path = self.hub.store.blob_path(f.oid)
+            try:
+                size = (await run_in_threadpool(os.stat, path)).st_size
+            except FileNotFoundError:
+                raise HubError(400, f"LFS file {f.path!r} was not uploaded (oid {f.oid})") from None
+            self.put[f.path] = (f.oid, size, True, git_blob_sha1(lfs_pointer(f.oid, size)))
+        else:
+            path = _validated(DeletedPath, item.value, f"{where} ({item.key})").path
+            (self.delete if item.key == "deletedFile" else self.delete_folders).append(path)
+
+
+async def commit(request: Request) -> Response:
+    hub = _hub(request)
+    r = hub.repo(request, write=True)
+    if request.query_params.get("create_pr", "0") in ("1", "true", "True"):
+        raise HubError(400, "Pull requests are not supported by the local hub")
+    parser, buf, scanned = _CommitParser(hub), bytearray(), 0
+    held = 0
+    try:
+        async for chunk in _chunks(request):
+            hub.budget.take(len(chunk))
+            held += len(chunk)
+            buf += chunk
+            while (nl := buf.find(b"\n", scanned)) >= 0:
+                await parser.line(bytes(buf[:nl]))
+                del buf[:nl + 1]  # bytearray drops its head in O(1): no quadratic copying
+                scanned = 0
+            scanned = len(buf)
+            if len(buf) > COMMIT_LINE_LIMIT:
+                raise HubError(413, f"Commit line {parser.n + 1} is over {COMMIT_LINE_LIMIT} bytes; "
+                                    "upload large files through LFS")
+            hub.budget.give(held - len(buf))
+            held = len(buf)
+        await parser.line(bytes(buf))
+    finally:
+        hub.budget.give(held)
+    h = parser.header
+    oid = await run_in_threadpool(
+        hub.store.commit, r, _rev(request), h.summary or "Upload files", h.description, USER,
+        put=parser.put, delete=parser.delete, delete_folders=parser.delete_folders, parent_commit=h.parentCommit)
+    return JSONResponse({"commitUrl": f"{_base_url(request)}/{_prefix(r)}{r.repo_id}/commit/{oid}",
+                         "commitOid": oid, "pullRequestUrl": None})
+
+
+# -- downloads ------------------------------------------------------------------------------
+class _BlobResponse(FileResponse):
+    chunk_size = 1 << 20  # Starlette's 64 KiB costs a thread hop per 64 KiB
+
+
+def _resolve_file(hub: Hub, request: Request):
+    store, r = hub.store, hub.repo(request)
+    rev, path = _rev(request), request.path_params["path"]
+    oid = store.resolve(r, rev)
+    f = store.files(oid).get(path)
+    if f is None:
+        raise HubError(404, f"Entry not found: {path} at {rev}", "EntryNotFound")
+    return oid, f
+
+
+async def resolve(request: Request) -> Response:
+    """A file at a revision; Range and HEAD handled by Starlette's FileResponse."""
+    hub = _hub(request)
+    oid, f = await run_in_threadpool(_resolve_file, hub, request)
+    headers = {"X-Repo-Commit": oid, "ETag": f'"{f.sha256 if f.lfs else f.oid}"'}
+    if f.lfs:
+        headers.update({"X-Linked-Etag": f'"{f.sha256}"', "X-Linked-Size": str(f.size)})
+    return _BlobResponse(hub.store.blob_path(f.sha256), headers=headers, media_type="application/octet-stream")
+
+
+# -- the app --------------------------------------------------------------------------------
+_R = "/{ns}/{name}"
+_API = "/api/{t}" + _R
+
+
+def api_routes() -> list[Route]:
+    return [
+        Route("/api/repos/create", create_repo, methods=["POST"]),
+        Route("/api/repos/delete", delete_repo, methods=["DELETE"]),
+        Route("/api/whoami-v2", whoami, methods=["GET"]),
+        Route("/api/validate-yaml", validate_yaml, methods=["POST"]),
+        Route("/api/{t}", list_repos, methods=["GET"]),
+        Route(_API, repo_info, methods=["GET"]),
+        Route(_API + "/revision/{rev}", repo_info, methods=["GET"]),
+        Route(_API + "/settings", settings, methods=["PUT"]),
+        Route(_API + "/preupload/{rev}", preupload, methods=["POST"]),
+        Route(_API + "/commit/{rev}", commit, methods=["POST"]),
+        Route(_API + "/branch/{rev}", create_branch, methods=["POST"]),
+        Route(_API + "/branch/{rev}", delete_branch, methods=["DELETE"]),
+        Route(_API + "/tag/{rev}", create_tag, methods=["POST"]),
+        Route(_API + "/tag/{rev}", delete_tag, methods=["DELETE"]),
+        Route(_API + "/refs", refs, methods=["GET"]),
+        Route(_API + "/commits/{rev}", commits, methods=["GET"]),
+        Route(_API + "/tree/{rev}", tree, methods=["GET"]),
+        Route(_API + "/tree/{rev}/{path:path}", tree, methods=["GET"]),
+        Route(_API + "/paths-info/{rev}", paths_info, methods=["POST"]),
+        Route(_R + "/info/lfs/objects/batch", lfs_batch, methods=["POST"]),
+        Route("/{t}" + _R + "/info/lfs/objects/batch", lfs_batch, methods=["POST"]),
+        Route("/_lfs/{t}" + _R + "/{oid}", lfs_upload, methods=["PUT"]),
+        Route(_R + "/resolve/{rev}/{path:path}", resolve, methods=["GET", "HEAD"]),
+        Route("/{t}" + _R + "/resolve/{rev}/{path:path}", resolve, methods=["GET", "HEAD"]),
+    ]
+
+
+class _KeepEncodedSlashes:
+    """Route on the path with %2F kept encoded: clients quote a revision like `refs/pr/1` into one
+    path segment, and decoding it first would split it into several."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        raw = scope.get("raw_path") or b""
+        if scope["type"] == "http" and b"%2f" in raw.lower():
+            parts = re.split(rb"%2[fF]", raw)
+            scope = dict(scope, path="%2F".join(unquote(p.decode("latin-1")) for p in parts))
+        await self.app(scope, receive, send)
+
+
+def create_app(root: str | os.PathLike, token: str | None = None, body_timeout: float = BODY_IDLE_TIMEOUT) -> Starlette:
+    from hubtools.localhub.pages import page_routes
+    hub = Hub(root, token, body_timeout)
+    app = Starlette(routes=api_routes() + page_routes(hub.store, hub.can_read), exception_handlers={
+        HubError: _on_hub_error, HTTPException: _on_http_exception, ClientDisconnect: _on_disconnect})
+    app.state.hub = hub
+    app.add_middleware(_KeepEncodedSlashes)
+    for line in hub.store.startup_report:
+        log.warning("store check: %s", line)
+    return app
+
+
+class _HubProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the two limits it lacks: request line + headers must
+    arrive within HEADER_TIMEOUT seconds and fit in HEADER_LIMIT bytes (a slow or endless header
+    would otherwise hold a connection or grow memory)."""
+
+    header_timeout = HEADER_TIMEOUT
+    _header_timer: asyncio.TimerHandle | None = None
+    _header_bytes = 0
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._header_bytes = 0
+        self._header_timer = self.loop.call_later(self.header_timeout, self._header_timeout)
+
+    def _disarm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _header_timeout(self) -> None:
+        self._header_timer = None
+        if not self.transport.is_closing():
+            self.send_408()
+
+    def send_408(self) -> None:
+        msg = b"Request headers not received in time"
+        self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\n"
+                             b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(msg), msg))
+        self.transport.close()
+
+    def _count(self, n: int) -> None:
+        self._header_bytes += n
+        if self._header_bytes > HEADER_LIMIT:
+            raise ValueError("request line and headers too large")  # the parser answers 400 and closes
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm()
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value))
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+
+
+class HubServer:
+    """The hub on uvicorn, on a socket bound at construction (port 0 → the OS picks one)."""
+
+    def __init__(self, root: str | os.PathLike, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
+                 header_timeout: float = HEADER_TIMEOUT, body_timeout: float = BODY_IDLE_TIMEOUT):
+        self.app = create_app(root, token, body_timeout)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, port))
+        self.host, self.port = host, self.sock.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(
+            self.app, http=type("HubProtocol", (_HubProtocol,), {"header_timeout": header_timeout}), loop="uvloop", lifespan="off", access_log=False, log_level="warning",
+            limit_concurrency=MAX_CONNECTIONS, timeout_keep_alive=30, server_header=False))
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def serve_forever(self) -> None:
+        self.server.run(sockets=[self.sock])
+
+    def start_thread(self) -> "HubServer":
+        """Serve from a daemon thread (the demo's in-process hub); returns once it accepts connections."""
+        threading.Thread(target=self.serve_forever, name="local-hub", daemon=True).start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            if time.time() > deadline:
+                raise RuntimeError("the local hub did not start in 30 s")
+            time.sleep(0.02)
+        return self
+
+
+def serve(root: str | os.PathLike, host: str = "127.0.0.1", port: int = 7860, token: str | None = None,
+          header_timeout: float = HEADER_TIMEOUT, body_timeout: float = BODY_IDLE_TIMEOUT) -> None:
+    server = HubServer(root, host, port, token, header_timeout, body_timeout)
     print(f"hubtools hub serving {Path(root).resolve()} at {server.url} "
           f"({'token required for writes' if token else 'open: no token set'})", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    server.serve_forever()

@@ -18,12 +18,17 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterable
+from typing import Iterable
 
 CHUNK = 1 << 20
 REPO_TYPES = ("model", "dataset", "space")
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+_OID_RE = re.compile(r"^[0-9a-f]{64}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+# Namespaces that are routes of the server (API, uploads, web pages), never a user's.
+RESERVED_NAMESPACES = {"api", "datasets", "spaces", "models", "_lfs", "static"}
+MAX_PATH_BYTES, MAX_PATH_DEPTH, MAX_REF_BYTES = 1024, 32, 255
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 GITATTRIBUTES = (
     b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.bin filter=lfs diff=lfs merge=lfs -text\n"
     b"*.gguf filter=lfs diff=lfs merge=lfs -text\n*.parquet filter=lfs diff=lfs merge=lfs -text\n"
@@ -100,6 +105,7 @@ class Store:
             leftover.unlink(missing_ok=True)
         self._local = threading.local()
         self._db().executescript(_SCHEMA)
+        self.startup_report = self.check_integrity()
 
     # -- plumbing ---------------------------------------------------------------------------
     def _db(self) -> sqlite3.Connection:
@@ -127,37 +133,23 @@ class Store:
 
     # -- blobs ------------------------------------------------------------------------------
     def blob_path(self, sha256: str) -> Path:
-        return self.blob_dir / sha256[:2] / sha256
+        """The file of a blob. Only a 64-hex oid names one: client data never becomes another path."""
+        return self.blob_dir / check_oid(sha256)[:2] / sha256
 
     def has_blob(self, sha256: str) -> bool:
         return self.blob_path(sha256).exists()
 
-    def write_blob(self, stream: BinaryIO | Iterable[bytes], length: int | None = None,
-                   expected_sha256: str | None = None) -> tuple[str, int]:
-        """Stream bytes into the blob store; returns (sha256, size). Never holds the whole file."""
-        digest = hashlib.sha256()
-        size = 0
-        fd, tmp = tempfile.mkstemp(dir=self.tmp_dir)
+    def blob_writer(self) -> "BlobWriter":
+        return BlobWriter(self)
+
+    def write_blob(self, chunks: Iterable[bytes], expected_sha256: str | None = None) -> tuple[str, int]:
+        """Store bytes given as chunks; returns (sha256, size)."""
+        writer = self.blob_writer()
         try:
-            with os.fdopen(fd, "wb") as out:
-                for chunk in _chunks(stream, length):
-                    digest.update(chunk)
-                    out.write(chunk)
-                    size += len(chunk)
-                out.flush()
-                os.fsync(out.fileno())
-            if length is not None and size != length:
-                raise HubError(400, f"Upload truncated: got {size} of {length} bytes")
-            sha = digest.hexdigest()
-            if expected_sha256 and sha != expected_sha256:
-                raise HubError(400, f"Uploaded content has sha256 {sha}, expected {expected_sha256}")
-            dest = self.blob_path(sha)
-            dest.parent.mkdir(exist_ok=True)
-            os.replace(tmp, dest)
-            return sha, size
+            writer.write(list(chunks))
+            return writer.finish(expected_sha256)
         finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            writer.abort()
 
     # -- repos ------------------------------------------------------------------------------
     def create_repo(self, repo_type: str, repo_id: str, private: bool, author: str) -> Repo:
@@ -167,16 +159,48 @@ class Store:
         if len(parts) != 2 or not all(_NAME_RE.match(p) for p in parts):
             raise HubError(400, f"Invalid repo id {repo_id!r}: expected 'namespace/name' "
                                 "(letters, digits, '.', '_', '-')")
-        with self._tx() as db:
+        if parts[0].lower() in RESERVED_NAMESPACES:
+            raise HubError(400, f"Invalid repo id {repo_id!r}: namespace {parts[0]!r} is reserved")
+        sha, size = self.write_blob([GITATTRIBUTES])
+        with self._tx() as db:  # the repo and its first commit on `main`: all or nothing
             if db.execute("SELECT 1 FROM repos WHERE type=? AND repo_id=?", (repo_type, repo_id)).fetchone():
                 raise HubError(409, f"You already created this {repo_type} repo: {repo_id}")
-            created = now_iso()
-            db.execute("INSERT INTO repos(type, repo_id, private, created_at) VALUES(?,?,?,?)",
-                       (repo_type, repo_id, int(private), created))
-        sha, size = self.write_blob([GITATTRIBUTES])
-        self.commit(self.get_repo(repo_type, repo_id), "main", "initial commit", "", author,
-                    put={".gitattributes": (sha, size, False, git_blob_sha1(GITATTRIBUTES))})
+            pk = db.execute("INSERT INTO repos(type, repo_id, private, created_at) VALUES(?,?,?,?)",
+                            (repo_type, repo_id, int(private), now_iso())).lastrowid
+            self._initial_commit(db, pk, author, sha, size)
         return self.get_repo(repo_type, repo_id)
+
+    def _initial_commit(self, db: sqlite3.Connection, pk: int, author: str, sha: str, size: int) -> None:
+        entry = FileEntry(".gitattributes", sha, size, False, git_blob_sha1(GITATTRIBUTES))
+        self._write_commit(db, pk, "main", None, "initial commit", "", author, {entry.path: entry})
+
+    def check_integrity(self) -> list[str]:
+        """Repair what an older version could leave half-made; report what cannot be repaired.
+
+        Old versions created a repo and its first commit in two transactions: a kill between them
+        left a repo without `main`, which broke every listing. Such a repo (no commits) gets its
+        initial commit now. Refs named like a commit sha are reported (they would shadow nothing
+        now: a 40-hex revision always resolves to a commit).
+        """
+        report = []
+        sha, size = self.write_blob([GITATTRIBUTES])
+        with self._tx() as db:
+            for pk, repo_type, repo_id in db.execute(
+                    "SELECT pk, type, repo_id FROM repos WHERE pk NOT IN "
+                    "(SELECT repo FROM refs WHERE kind='branch' AND name='main')").fetchall():
+                if db.execute("SELECT 1 FROM commits WHERE repo=?", (pk,)).fetchone():
+                    report.append(f"{repo_type} {repo_id}: has commits but no 'main' branch (left as is)")
+                else:
+                    self._initial_commit(db, pk, "local", sha, size)
+                    report.append(f"{repo_type} {repo_id}: had no 'main' branch; repaired with an initial commit")
+            for repo_id, kind, name in db.execute(
+                    "SELECT repos.repo_id, refs.kind, refs.name FROM refs JOIN repos ON repos.pk = refs.repo"
+                    ).fetchall():
+                try:
+                    check_ref_name(name, kind)
+                except HubError as e:
+                    report.append(f"{repo_id}: {e.message} (kept; it can still be deleted)")
+        return report
 
     def get_repo(self, repo_type: str, repo_id: str) -> Repo:
         row = self._db().execute("SELECT pk, type, repo_id, private, created_at FROM repos "
@@ -211,8 +235,15 @@ class Store:
         return out
 
     def resolve(self, repo: Repo, revision: str) -> str:
-        """Branch, tag (also as refs/heads/…, refs/tags/…) or full commit sha → commit oid."""
+        """Full commit sha, branch or tag (also as refs/heads/…, refs/tags/…) → commit oid.
+
+        A 40-hex revision is only ever a commit: a download pinned to a sha cannot be swapped by a
+        ref of the same name (such refs are refused at creation)."""
         db = self._db()
+        if _SHA_RE.match(revision):
+            if db.execute("SELECT 1 FROM commits WHERE oid=? AND repo=?", (revision, repo.pk)).fetchone():
+                return revision
+            raise HubError(404, f"Invalid rev id: {revision}", "RevisionNotFound")
         for kind, name in (("branch", revision), ("tag", revision),
                            ("branch", revision.removeprefix("refs/heads/")),
                            ("tag", revision.removeprefix("refs/tags/"))):
@@ -220,14 +251,10 @@ class Store:
                              (repo.pk, kind, name)).fetchone()
             if row:
                 return row[0]
-        if _SHA_RE.match(revision) and db.execute("SELECT 1 FROM commits WHERE oid=? AND repo=?",
-                                                  (revision, repo.pk)).fetchone():
-            return revision
         raise HubError(404, f"Invalid rev id: {revision}", "RevisionNotFound")
 
     def create_ref(self, repo: Repo, kind: str, name: str, revision: str) -> None:
-        if not name or name.startswith("refs/") or ".." in name or name.endswith("/"):
-            raise HubError(400, f"Invalid {kind} name {name!r}")
+        check_ref_name(name, kind)
         with self._tx() as db:
             oid = self.resolve(repo, revision)
             if db.execute("SELECT 1 FROM refs WHERE repo=? AND kind=? AND name=?", (repo.pk, kind, name)).fetchone():
@@ -266,8 +293,10 @@ class Store:
         every blob must already be stored."""
         put = put or {}
         for path, (sha, *_rest) in put.items():
+            check_path(path)
             if not self.has_blob(sha):
                 raise HubError(400, f"File {path!r}: content sha256 {sha} was never uploaded")
+        check_ref_name(branch, "branch")
         with self._tx() as db:
             row = db.execute("SELECT commit_oid FROM refs WHERE repo=? AND kind='branch' AND name=?",
                              (repo.pk, branch)).fetchone()
@@ -286,35 +315,119 @@ class Store:
                 for path in [p for p in tree if p.startswith(prefix)]:
                     del tree[path]
             for path, (sha, size, lfs, oid) in put.items():
-                _check_path(path)
                 tree[path] = FileEntry(path, sha, size, lfs, oid)
-            date = now_iso()
-            seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM commits").fetchone()[0]
-            oid = hashlib.sha1(json.dumps([repo.pk, parent, title, message, date, seq,
-                                           sorted((p, e.sha256) for p, e in tree.items())]).encode()).hexdigest()
-            db.execute("INSERT INTO commits VALUES(?,?,?,?,?,?,?,?)",
-                       (oid, repo.pk, parent, title, message, author, date, seq))
-            db.executemany("INSERT INTO files VALUES(?,?,?,?,?,?)",
-                           [(oid, e.path, e.sha256, e.size, int(e.lfs), e.oid) for e in tree.values()])
-            db.execute("INSERT OR REPLACE INTO refs VALUES(?, 'branch', ?, ?)", (repo.pk, branch, oid))
+            return self._write_commit(db, repo.pk, branch, parent, title, message, author, tree)
+
+    @staticmethod
+    def _write_commit(db: sqlite3.Connection, repo_pk: int, branch: str, parent: str | None, title: str,
+                      message: str, author: str, tree: dict[str, FileEntry]) -> str:
+        """Insert a commit with its full tree and point `branch` at it (inside the caller's transaction)."""
+        date = now_iso()
+        seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM commits").fetchone()[0]
+        oid = hashlib.sha1(json.dumps([repo_pk, parent, title, message, date, seq,
+                                       sorted((p, e.sha256) for p, e in tree.items())]).encode()).hexdigest()
+        db.execute("INSERT INTO commits VALUES(?,?,?,?,?,?,?,?)",
+                   (oid, repo_pk, parent, title, message, author, date, seq))
+        db.executemany("INSERT INTO files VALUES(?,?,?,?,?,?)",
+                       [(oid, e.path, e.sha256, e.size, int(e.lfs), e.oid) for e in tree.values()])
+        db.execute("INSERT OR REPLACE INTO refs VALUES(?, 'branch', ?, ?)", (repo_pk, branch, oid))
         return oid
 
 
-def _check_path(path: str) -> None:
-    parts = path.split("/")
-    if not path or path.startswith("/") or any(p in ("", ".", "..") for p in parts) or parts[0] == ".git":
-        raise HubError(400, f"Invalid file path {path!r}")
+class BlobWriter:
+    """One upload on its way into the blob store: hashed and written once, in the chunks it came in.
+
+    `write` takes a list of chunks (one `writev`, no joining copy) and may run on a worker thread
+    while the next chunks arrive; `finish` fsyncs, checks the sha256 and renames the temp file to
+    its content address, then fsyncs the directory so the rename survives a crash.
+    """
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.digest = hashlib.sha256()
+        self.size = 0
+        self.fd, self.tmp = tempfile.mkstemp(dir=store.tmp_dir)
+
+    def write(self, chunks: list[bytes]) -> None:
+        for chunk in chunks:
+            self.digest.update(chunk)
+        views = [memoryview(c) for c in chunks if c]
+        while views:
+            n = os.writev(self.fd, views)
+            self.size += n
+            while views and n >= len(views[0]):
+                n -= len(views.pop(0))
+            if views and n:
+                views[0] = views[0][n:]
+
+    def finish(self, expected_sha256: str | None = None, expected_size: int | None = None) -> tuple[str, int]:
+        if expected_size is not None and self.size != expected_size:
+            raise HubError(400, f"Upload truncated: got {self.size} of {expected_size} bytes")
+        sha = self.digest.hexdigest()
+        if expected_sha256 and sha != expected_sha256:
+            raise HubError(400, f"Uploaded content has sha256 {sha}, expected {expected_sha256}")
+        os.fsync(self.fd)
+        os.close(self.fd)
+        self.fd = None
+        dest = self.store.blob_path(sha)
+        dest.parent.mkdir(exist_ok=True)
+        os.replace(self.tmp, dest)
+        _fsync_dir(dest.parent)
+        return sha, self.size
+
+    def abort(self) -> None:
+        """Drop the temp file unless `finish` moved it into place (safe to call twice)."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        if os.path.exists(self.tmp):
+            os.unlink(self.tmp)
 
 
-def _chunks(stream: BinaryIO | Iterable[bytes], length: int | None) -> Iterable[bytes]:
-    if hasattr(stream, "read"):
-        remaining = length
-        while remaining is None or remaining > 0:
-            chunk = stream.read(CHUNK if remaining is None else min(CHUNK, remaining))
-            if not chunk:
-                return
-            if remaining is not None:
-                remaining -= len(chunk)
-            yield chunk
-    else:
-        yield from stream
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def check_oid(oid: str) -> str:
+    if not isinstance(oid, str) or not _OID_RE.match(oid):
+        raise HubError(400, f"Invalid oid {str(oid)[:80]!r}: expected a sha256 as 64 lowercase hex characters")
+    return oid
+
+
+def check_path(path: str) -> None:
+    """A file path in a repo: relative, '/'-separated, no empty/'.'/'..' parts, no control
+    characters or backslashes, at most MAX_PATH_BYTES bytes and MAX_PATH_DEPTH levels."""
+    parts = path.split("/") if isinstance(path, str) else []
+    if (not parts or path.startswith("/") or any(p in ("", ".", "..") for p in parts) or parts[0] == ".git"
+            or _CONTROL.search(path) or "\\" in path):
+        raise HubError(400, f"Invalid file path {str(path)[:200]!r}: relative, '/'-separated, no empty, '.' "
+                            "or '..' parts, no control characters or backslashes")
+    if len(path.encode()) > MAX_PATH_BYTES or len(parts) > MAX_PATH_DEPTH:
+        raise HubError(400, f"File path too long: at most {MAX_PATH_BYTES} bytes and {MAX_PATH_DEPTH} levels")
+
+
+def check_ref_name(name: str, kind: str = "branch") -> None:
+    """git's ref-name rules (check-ref-format), plus: not a 40-hex commit sha, at most MAX_REF_BYTES."""
+    bad = None
+    if not isinstance(name, str) or not name:
+        bad = "it is empty"
+    elif _SHA_RE.match(name):
+        bad = "it looks like a commit sha (a 40-hex revision always means that commit)"
+    elif len(name.encode()) > MAX_REF_BYTES:
+        bad = f"it is over {MAX_REF_BYTES} bytes"
+    elif name.startswith("refs/"):
+        bad = "it starts with 'refs/'"
+    elif _CONTROL.search(name) or any(c in name for c in " ~^:?*[\\"):
+        bad = "it contains a control character, space or one of ~^:?*[\\"
+    elif ".." in name or "@{" in name or name == "@" or "//" in name:
+        bad = "it contains '..', '@{' or '//', or is '@'"
+    elif name.startswith("/") or name.endswith(("/", ".")):
+        bad = "it starts with '/' or ends with '/' or '.'"
+    elif any(part.startswith(".") or part.endswith(".lock") for part in name.split("/")):
+        bad = "a component starts with '.' or ends with '.lock'"
+    if bad:
+        raise HubError(400, f"Invalid {kind} name {str(name)[:100]!r}: {bad}")
