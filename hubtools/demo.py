@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -24,9 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def start_local_hub(root: Path) -> str:
     """Serve a local hub from `root` on a background thread; returns its URL."""
     from hubtools.localhub.server import HubServer
-    server = HubServer(root, port=0)  # the OS picks a free port
-    threading.Thread(target=server.serve_forever, name="local-hub", daemon=True).start()
-    return server.url
+    return HubServer(root, port=0).start_thread().url  # the OS picks a free port
 
 
 class _Stages:
@@ -38,8 +35,9 @@ class _Stages:
         print(f"\n[{self.n}/{self.total}] {text}  (t={time.time() - self.t0:.0f}s)", flush=True)
 
 
-def run(workdir: str | None = None, model: str = "smollm2", quick: bool = False) -> dict:
-    """Run the loop; `quick` shrinks every stage (used by the tests with a tiny model)."""
+def run(workdir: str | None = None, model: str = "smollm2", quick: bool = False, serve: bool = False) -> dict:
+    """Run the loop; `quick` shrinks every stage (used by the tests with a tiny model); `serve` keeps
+    the in-process hub up at the end for the browser."""
     work = Path(workdir or tempfile.mkdtemp(prefix="hubtools-demo-"))
     work.mkdir(parents=True, exist_ok=True)
     stage = _Stages(6)
@@ -92,10 +90,19 @@ def run(workdir: str | None = None, model: str = "smollm2", quick: bool = False)
     out = lm.generate(**inputs, max_new_tokens=8 if quick else 48, do_sample=False)
     print("answer:", tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip())
 
-    print(f"\nPublished on {endpoint}:")
+    print(f"\nPublished on {endpoint} (open in a browser):")
     print(f"  dataset  {endpoint}/datasets/{DATASET_REPO}")
+    print(f"  run      {endpoint}/{MODEL_REPO}/run   (every step-N: training reward and eval results)")
     for rev in revisions + ["latest", "main"]:
         print(f"  model    {endpoint}/{MODEL_REPO}/tree/{rev}")
     print(f"  eval     {work / 'eval'}/results.json, breakdown.png")
-    print(f"Browse again later: hubtools hub serve --root {work / 'hub'}")
+    if serve:
+        print("Serving until Ctrl-C.", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+    else:
+        print(f"Browse again later: hubtools hub serve --root {work / 'hub'}  (or run the demo with --serve)")
     return {"endpoint": endpoint, "results": results, "workdir": str(work)}

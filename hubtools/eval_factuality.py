@@ -103,9 +103,14 @@ def markdown_table(results: dict[str, FactualityScores]) -> str:
 
 def write_card_results(repo: str, revision: str, scores: FactualityScores, dataset: str, split: str,
                        plot: bytes | None = None) -> None:
-    """Add eval results to the revision's existing card (metadata + a table section), in one commit."""
+    """Add eval results to the revision's existing card (metadata + a table section), in one commit.
+
+    When `revision` is the newest `step-N`, branch `latest` follows it, so it keeps equalling that step.
+    """
     from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError
+
+    from hubtools.publish import advance_latest
     try:
         card = ModelCard.load(hf_hub_download(repo, "README.md", revision=revision))
     except EntryNotFoundError:
@@ -134,8 +139,10 @@ def write_card_results(repo: str, revision: str, scores: FactualityScores, datas
     ops = [CommitOperationAdd("README.md", str(card).encode())]
     if plot:
         ops.append(CommitOperationAdd("eval_factuality.png", plot))
-    HfApi().create_commit(repo, operations=ops, revision=revision,
-                          commit_message=f"Add factuality eval results ({dataset}:{split})")
+    api = HfApi()
+    api.create_commit(repo, operations=ops, revision=revision,
+                      commit_message=f"Add factuality eval results ({dataset}:{split})")
+    advance_latest(api, repo, revision)
 
 
 def _generator_for(spec: dict, model: str, revision: str | None):

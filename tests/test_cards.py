@@ -101,6 +101,13 @@ def test_publisher_keys_add_revision_plot_and_load_snippets(seed_info):
     assert f'AutoModelForCausalLM.from_pretrained("{repo}", revision="step-100-merged")' in text
 
 
+def test_run_view_metadata_training_step_and_reward(seed_info):
+    data = ModelCard(str(render_model_card(seed_info | {"training_reward": 0.41}))).data
+    assert data.training_step == 50 and data.training_reward == 0.41
+    without = ModelCard(str(render_model_card({"repo_id": "me/m"}))).data.to_dict()
+    assert "training_step" not in without and "training_reward" not in without
+
+
 def test_missing_sections_are_omitted():
     text = str(render_model_card({"repo_id": "me/m"}))
     assert "# m" in text and "##" not in text and "None" not in text

@@ -11,6 +11,7 @@ import pytest
 from huggingface_hub import HfApi, ModelCard, hf_hub_download
 
 from conftest import ROOT
+from test_publish import tree
 from hubtools.hubenv import free_port
 
 SYSTEM = "Answer in \\boxed{}; \\boxed{Unknown} if not sure."
@@ -52,7 +53,8 @@ def test_full_run_publishes_each_step_with_its_card(tmp_path, tiny_model_dir, hu
     assert "published step-1" in out.stdout and "published step-2" in out.stdout and "published main" in out.stdout
     api = HfApi()
     refs = {b.name: b.target_commit for b in api.list_repo_refs(repo_name).branches}
-    assert {"main", "step-1", "step-2", "latest"} <= set(refs) and refs["latest"] == refs["step-2"]
+    assert {"main", "step-1", "step-2", "latest"} <= set(refs)
+    assert tree(api, repo_name, "latest") == tree(api, repo_name, "step-2")
     for step in (1, 2):
         files = api.list_repo_files(repo_name, revision=f"step-{step}")
         assert {"model.safetensors", "README.md", "reward_curve.png", "trainer_state.json"} <= set(files)
@@ -61,6 +63,7 @@ def test_full_run_publishes_each_step_with_its_card(tmp_path, tiny_model_dir, hu
         assert f"checkpoint (step {step})" in card.text and f'revision="step-{step}"' in card.text
         assert "--reward_funcs fact_caution" in card.text and "--save_steps 1" in card.text
         assert card.data.library_name == "transformers" and "grpo" in card.data.tags
+        assert card.data.training_step == step and isinstance(card.data.training_reward, float)
         state = json.load(open(hf_hub_download(repo_name, "trainer_state.json", revision=f"step-{step}")))
         assert state["global_step"] == step
     stdout = load_in_fresh_process(tmp_path, (
@@ -80,12 +83,15 @@ def test_full_run_publishes_each_step_with_its_card(tmp_path, tiny_model_dir, hu
 def test_lora_run_publishes_adapters_and_merged_weights(tmp_path, tiny_model_dir, hub_dataset, repo_name):
     grpo(tmp_path, tiny_model_dir, hub_dataset, repo_name, "--use_peft", "true", "--lora_r", "4",
          "--lora_alpha", "8", "--publish_merged", "true", "--max_steps", "1")
+    assert not list((tmp_path / "run").glob("*-merged"))  # merged by the publisher process, not in on_save
     api = HfApi()
     assert "adapter_model.safetensors" in api.list_repo_files(repo_name, revision="step-1")
     assert "model.safetensors" in api.list_repo_files(repo_name, revision="step-1-merged")
     card = open(hf_hub_download(repo_name, "README.md", revision="step-1")).read()
     assert "PeftModel" in card or "AutoPeftModelForCausalLM" in card
     assert "step-1-merged" in card and "library_name: peft" in card
+    merged_card = ModelCard.load(hf_hub_download(repo_name, "README.md", revision="step-1-merged"))
+    assert merged_card.data.library_name == "transformers" and merged_card.data.training_step == 1
     stdout = load_in_fresh_process(tmp_path, (
         "from peft import AutoPeftModelForCausalLM\nfrom transformers import AutoModelForCausalLM\n"
         f"a = AutoPeftModelForCausalLM.from_pretrained({repo_name!r}, revision='step-1')\n"

@@ -222,9 +222,8 @@ def main(argv: list[str] | None = None) -> dict:
 
         publisher = AsyncPublisher(script_args.publish_repo, private=script_args.publish_private,
                                    include_optimizer=script_args.publish_optimizer_states)
-        merge = _lora_merger(model_args.model_name_or_path) if (model_args.use_peft and script_args.publish_merged) \
-            else None
-        callback = HubPublishCallback(publisher, card_info, merge_lora=merge,
+        merge_base = model_args.model_name_or_path if (model_args.use_peft and script_args.publish_merged) else None
+        callback = HubPublishCallback(publisher, card_info, merge_base=merge_base,
                                       overwrite_steps=bool(training_args.resume_from_checkpoint))
         trainer.add_callback(callback)
 
@@ -240,19 +239,6 @@ def main(argv: list[str] | None = None) -> dict:
                 print(f"published {r.revision}: {r.url}")
     trainer.accelerator.wait_for_everyone()
     return metrics
-
-
-def _lora_merger(base_path: str):
-    """Folder of LoRA adapters → folder of merged full weights (loaded on CPU, beside the checkpoint)."""
-    def merge(folder: Path) -> Path:
-        from peft import AutoPeftModelForCausalLM
-        from transformers import AutoTokenizer
-        out = folder.with_name(folder.name + "-merged")
-        model = AutoPeftModelForCausalLM.from_pretrained(folder, device_map="cpu").merge_and_unload()
-        model.save_pretrained(out)
-        AutoTokenizer.from_pretrained(base_path).save_pretrained(out)
-        return out
-    return merge
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ from typing import Any, AsyncIterator, Literal
 from urllib.parse import quote, unquote
 
 import uvicorn
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -367,21 +366,6 @@ async def list_repos(request: Request) -> Response:
     return JSONResponse(await run_in_threadpool(_list_repos, _hub(request), request, repo_type))
 
 
-def card_data(store: Store, readme) -> dict:
-    """The YAML block at the top of README.md, as the Hub exposes it in `cardData`."""
-    if readme is None or readme.size > 1 << 20:
-        return {}
-    text = store.blob_path(readme.sha256).read_text(encoding="utf-8", errors="replace")
-    m = re.match(r"^---\s*\n(.*?)\n---\s*(\n|$)", text, re.S)
-    if not m:
-        return {}
-    try:
-        data = yaml.safe_load(m.group(1))
-    except yaml.YAMLError:
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def _repo_info(hub: Hub, request: Request, rev: str) -> dict:
     store = hub.store
     r = hub.repo(request)
@@ -396,7 +380,7 @@ def _repo_info(hub: Hub, request: Request, rev: str) -> dict:
             if f.lfs:
                 s["lfs"] = {"sha256": f.sha256, "size": f.size, "pointerSize": len(lfs_pointer(f.sha256, f.size))}
         siblings.append(s)
-    card = card_data(store, files.get("README.md"))
+    card = store.read_card(files.get("README.md"))[0]
     tags = card.get("tags")
     return {"_id": f"{r.pk}", "id": r.repo_id, "modelId": r.repo_id, "author": r.repo_id.split("/")[0],
             "sha": oid, "lastModified": store.commit_info(oid)["date"], "createdAt": r.created_at,

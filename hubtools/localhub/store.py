@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-CHUNK = 1 << 20
+import yaml
+
 REPO_TYPES = ("model", "dataset", "space")
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 _OID_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -29,6 +30,8 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 RESERVED_NAMESPACES = {"api", "datasets", "spaces", "models", "_lfs", "static"}
 MAX_PATH_BYTES, MAX_PATH_DEPTH, MAX_REF_BYTES = 1024, 32, 255
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+CARD_LIMIT = 1 << 20  # bytes of a README.md read for its metadata and page; the rest is cut off
+_FRONT_RE = re.compile(r"^---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|$)", re.S)
 GITATTRIBUTES = (
     b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.bin filter=lfs diff=lfs merge=lfs -text\n"
     b"*.gguf filter=lfs diff=lfs merge=lfs -text\n*.parquet filter=lfs diff=lfs merge=lfs -text\n"
@@ -138,6 +141,22 @@ class Store:
 
     def has_blob(self, sha256: str) -> bool:
         return self.blob_path(sha256).exists()
+
+    def read_card(self, readme: FileEntry | None) -> tuple[dict, str]:
+        """(YAML front matter, markdown body) of a README.md, reading at most CARD_LIMIT bytes;
+        the metadata is what the Hub exposes as `cardData` (invalid YAML → {})."""
+        if readme is None:
+            return {}, ""
+        with open(self.blob_path(readme.sha256), "rb") as fh:
+            text = fh.read(CARD_LIMIT).decode("utf-8", errors="replace")
+        m = _FRONT_RE.match(text)
+        if not m:
+            return {}, text
+        try:
+            meta = yaml.safe_load(m.group(1))
+        except yaml.YAMLError:
+            meta = None
+        return (meta if isinstance(meta, dict) else {}), text[m.end():]
 
     def blob_writer(self) -> "BlobWriter":
         return BlobWriter(self)
