@@ -229,19 +229,26 @@ def _prefix(repo: Repo) -> str:
 
 # -- bodies ---------------------------------------------------------------------------------
 async def _chunks(request: Request) -> AsyncIterator[bytes]:
-    """The request body as it arrives; a stall longer than the hub's body timeout answers 408."""
-    timeout = _hub(request).body_timeout
+    """The request body as it arrives; a stall longer than the hub's body timeout answers 408.
+
+    One `asyncio.timeout` for the whole body, armed only while waiting for the client (a
+    `wait_for` per chunk would cost a task per 64 KiB)."""
+    timeout, loop = _hub(request).body_timeout, asyncio.get_running_loop()
     stream = request.stream().__aiter__()
-    while True:
-        try:
-            chunk = await asyncio.wait_for(stream.__anext__(), timeout)
-        except StopAsyncIteration:
-            request.state.body_done = True
-            return
-        except asyncio.TimeoutError:
-            raise HubError(408, f"Request body stalled for {timeout:g} s") from None
-        if chunk:
-            yield chunk
+    try:
+        async with asyncio.timeout(None) as deadline:
+            while True:
+                deadline.reschedule(loop.time() + timeout)
+                try:
+                    chunk = await stream.__anext__()
+                except StopAsyncIteration:
+                    request.state.body_done = True
+                    return
+                deadline.reschedule(None)
+                if chunk:
+                    yield chunk
+    except TimeoutError:
+        raise HubError(408, f"Request body stalled for {timeout:g} s") from None
 
 
 async def _read_body(request: Request, limit: int = JSON_LIMIT) -> bytes:
