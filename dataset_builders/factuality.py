@@ -159,12 +159,12 @@ def load_recipe(path: str | Path) -> dict:
 
 
 def apply_overrides(recipe: dict, *, k: int | None = None, n: int | None = None, per_source: int | None = None,
-                    model: str | None = None, backend: str | None = None, base_url: str | None = None,
+                    model: str | None = None, backend: str | None = None, base_url: str | list[str] | None = None,
                     max_new_tokens: int | None = None, seed: int | None = None,
                     strict: bool | None = None) -> dict:
     """A completed copy of `recipe` with the command-line overrides that are not None.
 
-    A `base_url` without a `backend` means the openai backend.
+    `base_url` (one URL or several servers) replaces the recipe's; with backend auto it means openai.
     """
     r = complete_recipe(recipe)
     for key, value in (("k", k), ("per_source", per_source), ("seed", seed), ("strict", strict)):
@@ -179,8 +179,8 @@ def apply_overrides(recipe: dict, *, k: int | None = None, n: int | None = None,
         gen["model"] = model
     if base_url is not None:
         gen["base_url"] = base_url
-    if backend is not None or base_url is not None:
-        gen["backend"] = backend or "openai"
+    if backend is not None:
+        gen["backend"] = backend
     return complete_recipe(r)
 
 
@@ -594,6 +594,7 @@ _OVERRIDE_FLAGS = {"k": "--k", "n": "--n", "per_source": "--per-source", "model"
 
 def add_arguments(parser) -> None:
     """Flags of `hubtools build-dataset factuality`; unset ones leave the recipe's value."""
+    from hubtools.generation import BACKENDS, LOCAL_TUNING
     parser.add_argument("--recipe", default=str(DEFAULT_RECIPE),
                         help="recipe YAML (default: the bundled one, on the four sample sets)")
     parser.add_argument("--push-to-hub", metavar="REPO", help="dataset repo to push to (token: HF_TOKEN)")
@@ -603,8 +604,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--n", type=int, help="questions to keep (select.n)")
     parser.add_argument("--per-source", type=int, help="questions taken from each source")
     parser.add_argument("--model", help="base model: local folder, Hub id, served name; 'smollm2' = packaged")
-    parser.add_argument("--backend", choices=["auto", "transformers", "vllm", "openai"], help="generation backend")
-    parser.add_argument("--base-url", help="OpenAI-compatible endpoint (implies --backend openai)")
+    parser.add_argument("--backend", choices=BACKENDS,
+                        help="generation backend (recipe default auto: openai with --base-url, else vllm when "
+                             "installed with CUDA, else transformers); a backend ignores the recipe's "
+                             f"{', '.join(sorted(LOCAL_TUNING))} when it has no use for them")
+    parser.add_argument("--base-url", action="append", metavar="URL",
+                        help="OpenAI-compatible server, e.g. http://node1:8000/v1 (vllm serve, transformers serve); "
+                             "repeat it for several servers of the same model, requests go to the least busy; "
+                             "--model must be the name they serve")
     parser.add_argument("--max-new-tokens", type=int, help="tokens per sample")
     parser.add_argument("--seed", type=int, help="sampling and split seed")
     parser.add_argument("--strict", action="store_true", default=None,
@@ -620,6 +627,9 @@ def _command_line(args) -> str:
         value = getattr(args, dest)
         if value is True:
             argv.append(flag)
+        elif isinstance(value, list):  # a repeated flag
+            for v in value:
+                argv += [flag, str(v)]
         elif value is not None:
             argv += [flag, str(value)]
     return shlex.join(redact_argv(argv))

@@ -40,7 +40,7 @@ class FactualityScores:
     breakdown: dict[str, float]  # percent of questions per category
     correct: float               # fraction of all samples
     not_attempted: float
-    incorrect: float
+    hallucination_rate: float    # incorrect among all samples (TruthRL's hallucination rate)
     accuracy_given_attempted: float
     f1: float                    # SimpleQA's F-score: harmonic mean of correct and accuracy given attempted
 
@@ -56,7 +56,7 @@ def score(grades_per_question: list[list[Grade]]) -> FactualityScores:
     return FactualityScores(
         questions=len(cats), k=len(grades_per_question[0]),
         breakdown={name: round(100 * cats.count(name) / len(cats), 2) for name in CATEGORIES},
-        correct=round(c, 4), not_attempted=round(na, 4), incorrect=round(1 - c - na, 4),
+        correct=round(c, 4), not_attempted=round(na, 4), hallucination_rate=round(1 - c - na, 4),
         accuracy_given_attempted=round(acc, 4), f1=round(2 * c * acc / (c + acc) if c + acc else 0.0, 4))
 
 
@@ -92,11 +92,12 @@ def grade_model(generator, rows: list[dict], k: int, system_prompt: str | None, 
 
 
 def markdown_table(results: dict[str, FactualityScores]) -> str:
-    head = ["Revision", *CATEGORIES, "Correct", "Not attempted", "Acc. given attempted", "F1"]
+    head = ["Revision", *CATEGORIES, "Correct", "Not attempted", "Hallucination rate", "Acc. given attempted", "F1"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for rev, s in results.items():
         cells = [rev, *(f"{s.breakdown[c]:.2f}" for c in CATEGORIES),
-                 *(f"{100 * v:.1f}" for v in (s.correct, s.not_attempted, s.accuracy_given_attempted, s.f1))]
+                 *(f"{100 * v:.1f}" for v in (s.correct, s.not_attempted, s.hallucination_rate,
+                                              s.accuracy_given_attempted, s.f1))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -116,6 +117,7 @@ def write_card_results(repo: str, revision: str, scores: FactualityScores, datas
     except EntryNotFoundError:
         card = ModelCard("---\n{}\n---\n")
     metrics = {"correct": scores.correct, "not_attempted": scores.not_attempted,
+               "hallucination_rate": scores.hallucination_rate,
                "accuracy_given_attempted": scores.accuracy_given_attempted, "f1": scores.f1,
                **{re.sub(r"\W+", "_", c.lower()): scores.breakdown[c] / 100 for c in CATEGORIES}}
     kept = [r for r in (card.data.eval_results or []) if not (r.dataset_type == dataset and r.dataset_split == split
@@ -127,7 +129,7 @@ def write_card_results(repo: str, revision: str, scores: FactualityScores, datas
     card.data.model_name = card.data.model_name or repo.split("/")[-1]
     section = (f"{SECTION_START}\n## Evaluation: factuality\n\n`hubtools eval factuality` on `{dataset}` "
                f"({split} split), {scores.questions} questions × k={scores.k} samples. Breakdown in % of "
-               f"questions; correct / not attempted over all samples.\n\n"
+               f"questions; correct / not attempted / hallucination rate (incorrect) in % of all samples.\n\n"
                f"{markdown_table({revision: scores})}\n"
                + ("\n![Factuality breakdown](eval_factuality.png)\n" if plot else "") + SECTION_END)
     text = card.text
@@ -146,15 +148,12 @@ def write_card_results(repo: str, revision: str, scores: FactualityScores, datas
 
 
 def _generator_for(spec: dict, model: str, revision: str | None):
-    """Local backends evaluate a revision from a snapshot; a served model (openai) is taken as is."""
-    if spec.get("backend") == "openai":
-        return make_generator({**spec, "model": model})
-    from huggingface_hub import snapshot_download
-
+    """A generator for exactly `revision` of `model`, on any backend: local ones load that revision; a
+    server is asked for `model@revision` and must answer as it, or eval stops before any card is
+    written (OpenAIGenerator). A local folder has no revisions."""
     from hubtools.models import resolve_model
-    model = resolve_model(model)
-    path = model if Path(model).is_dir() else snapshot_download(model, revision=revision)
-    return make_generator({**spec, "model": path})
+    local = Path(resolve_model(model)).is_dir()
+    return make_generator({**spec, "model": model, "revision": None if local else revision})
 
 
 def evaluate_revisions(model: str, revisions: list[str], dataset: str, *, split: str = "test", k: int = 8,

@@ -89,7 +89,8 @@ class TransformersGenerator(Generator):
     same prompts, params and batch_size give the same samples.
     """
 
-    def __init__(self, model: str, *, batch_size: int = 8, device: str = "cpu", dtype=None):
+    def __init__(self, model: str, *, revision: str | None = None, batch_size: int = 8, device: str = "cpu",
+                 dtype=None):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -100,12 +101,12 @@ class TransformersGenerator(Generator):
             if not isinstance(getattr(torch, dtype, None), torch.dtype):
                 raise ValueError(f"dtype: {dtype!r} is not a torch dtype (e.g. 'float32', 'bfloat16', 'auto')")
             dtype = getattr(torch, dtype)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model, revision=revision)
         self.tokenizer.padding_side = "left"  # decoder-only: new tokens must follow every prompt directly
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         kwargs = {} if dtype is None else {"dtype": dtype}
-        self.lm = AutoModelForCausalLM.from_pretrained(self.model, **kwargs).to(device).eval()
+        self.lm = AutoModelForCausalLM.from_pretrained(self.model, revision=revision, **kwargs).to(device).eval()
 
     def generate(self, prompts: list[Messages], params: SamplingParams, *, desc: str | None = None) -> list[list[str]]:
         import torch
@@ -154,13 +155,46 @@ def _run_sync(make_coro):
         return pool.submit(lambda: asyncio.run(make_coro())).result()
 
 
+class _Balancer:
+    """Spreads requests over several servers: each goes to the one with the fewest requests in flight
+    (ties taken in turn), and no server ever has more than `per_server` in flight."""
+
+    def __init__(self, clients: list, per_server: int):
+        self.clients, self.busy, self.turn = clients, [0] * len(clients), 0
+        self.sem = asyncio.Semaphore(per_server * len(clients))  # below this total, some server is below per_server
+
+    @contextlib.asynccontextmanager
+    async def client(self):
+        async with self.sem:
+            n = len(self.clients)
+            i = min(((self.turn + j) % n for j in range(n)), key=self.busy.__getitem__)
+            self.turn += 1
+            self.busy[i] += 1
+            try:
+                yield self.clients[i]
+            finally:
+                self.busy[i] -= 1
+
+
+_REVISION_HINT = ("a server answers for a revision only under the name REPO@REVISION: `transformers serve` "
+                  "(not pinned to a model) loads it by that name; start vLLM with `vllm serve REPO --revision "
+                  "REVISION --served-model-name REPO@REVISION`")
+
+
 class OpenAIGenerator(Generator):
     """An OpenAI-compatible chat-completions endpoint (vLLM serve, `transformers serve`, hosted APIs).
 
-    - Concurrency: at most `concurrency` requests in flight (an asyncio.Semaphore).
+    - Servers: `base_url` is one URL or a list (e.g. one vLLM server per node); requests go to the
+      least busy one, and the servers must serve the same model under the same name.
+    - Concurrency: at most `concurrency` requests in flight per server.
+    - Revision: with `revision`, the model asked for is `f"{model}@{revision}"` and every reply must
+      name exactly that model, else generation stops with an error. Why: a server that does not serve
+      that revision must refuse (vLLM and `transformers serve` do: 404/400 for a name they do not
+      serve) or be caught answering as another model (servers that ignore the name), so no other
+      model's samples are ever taken for this revision's.
     - Retries: the openai client's own, `max_retries` times with exponential backoff (0.5 s doubling,
       capped at 8 s, jittered; `Retry-After` honoured) on 408/409/429/5xx, connection errors and
-      timeouts; other 4xx fail at once.
+      timeouts; other 4xx fail at once. A request that still fails is a RuntimeError naming the server.
     - `n`: asked for with `n=k`; servers that return fewer choices (`transformers serve` ignores `n`)
       get further requests until k are collected. With a seed, a request that starts at sample i
       sends `seed + i`, so follow-up requests do not repeat the first sample.
@@ -173,11 +207,16 @@ class OpenAIGenerator(Generator):
       never in the cache or the repr.
     """
 
-    def __init__(self, base_url: str, model: str, *, api_key: str | None = None, concurrency: int = 8,
-                 max_retries: int = 5, timeout: float = 120, cache_dir: str | Path | None = None):
+    def __init__(self, base_url: str | list[str], model: str, *, revision: str | None = None,
+                 api_key: str | None = None, concurrency: int = 8, max_retries: int = 5, timeout: float = 120,
+                 cache_dir: str | Path | None = None):
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
-        self.base_url, self.model = base_url, str(model)
+        self.base_urls = [base_url] if isinstance(base_url, str) else list(base_url)
+        if not self.base_urls or not all(isinstance(u, str) and u for u in self.base_urls):
+            raise ValueError(f"base_url: expected a URL or a non-empty list of URLs, got {base_url!r}")
+        self.revision = revision
+        self.model = f"{model}@{revision}" if revision else str(model)
         self._api_key = api_key
         self.concurrency, self.max_retries, self.timeout = concurrency, max_retries, timeout
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
@@ -185,7 +224,7 @@ class OpenAIGenerator(Generator):
             self.cache_dir.mkdir(parents=True, exist_ok=True)
 
     def __repr__(self) -> str:
-        return f"OpenAIGenerator(base_url={self.base_url!r}, model={self.model!r})"
+        return f"OpenAIGenerator(base_url={self.base_urls!r}, model={self.model!r})"
 
     def generate(self, prompts: list[Messages], params: SamplingParams, *, desc: str | None = None) -> list[list[str]]:
         return _run_sync(lambda: self.agenerate(prompts, params, desc=desc))
@@ -194,28 +233,36 @@ class OpenAIGenerator(Generator):
                         desc: str | None = None) -> list[list[str]]:
         from openai import AsyncOpenAI
 
-        sem = asyncio.Semaphore(self.concurrency)
         results: list[list[str]] = [[] for _ in prompts]
-        # the client is made here: its connection pool belongs to the loop that runs this coroutine
-        async with AsyncOpenAI(base_url=self.base_url, api_key=self._api_key or "EMPTY",
-                               max_retries=self.max_retries, timeout=self.timeout) as client:
+        # the clients are made here: their connection pools belong to the loop that runs this coroutine
+        async with contextlib.AsyncExitStack() as stack:
+            clients = [await stack.enter_async_context(AsyncOpenAI(
+                base_url=url, api_key=self._api_key or "EMPTY", max_retries=self.max_retries, timeout=self.timeout))
+                for url in self.base_urls]
+            servers = _Balancer(clients, self.concurrency)
             with tqdm(total=len(prompts), desc=desc or "generate", disable=len(prompts) < 2) as bar:
                 async def one(i: int) -> None:
-                    results[i] = await self._samples(client, sem, prompts[i], params)
+                    results[i] = await self._samples(servers, prompts[i], params)
                     bar.update(1)
 
                 await asyncio.gather(*(one(i) for i in range(len(prompts))))
         return results
 
-    async def _samples(self, client, sem: asyncio.Semaphore, messages: Messages, params: SamplingParams) -> list[str]:
+    async def _samples(self, servers: _Balancer, messages: Messages, params: SamplingParams) -> list[str]:
+        import openai
+
         keys = [self._cache_key(messages, params, i) for i in range(params.n)]
         texts = [self._cache_get(k) for k in keys]
         while missing := [i for i, t in enumerate(texts) if t is None]:
             seed = None if params.seed is None else params.seed + missing[0]
-            async with sem:
-                got = await self._complete(client, messages, params, n=len(missing), seed=seed)
+            async with servers.client() as client:
+                try:
+                    got = await self._complete(client, messages, params, n=len(missing), seed=seed)
+                except openai.APIError as e:  # retries are spent, or the server refused (a model it does not serve)
+                    hint = f" ({_REVISION_HINT})" if self.revision else ""
+                    raise RuntimeError(f"{client.base_url}: request for model {self.model!r} failed: {e}{hint}") from e
             if not got:
-                raise RuntimeError(f"{self.base_url}: no choices returned for model {self.model!r}")
+                raise RuntimeError(f"{client.base_url}: no choices returned for model {self.model!r}")
             for i, text in zip(missing, got):
                 texts[i] = text
                 self._cache_put(keys[i], i, text)
@@ -230,6 +277,9 @@ class OpenAIGenerator(Generator):
         resp = await client.chat.completions.create(model=self.model, messages=messages,
                                                     max_tokens=params.max_new_tokens,
                                                     temperature=params.temperature, top_p=params.top_p, **extra)
+        if self.revision and resp.model != self.model:
+            raise RuntimeError(f"{client.base_url} answered as model {resp.model!r} when asked for {self.model!r}: "
+                               f"it does not serve that revision ({_REVISION_HINT})")
         return [c.message.content or "" for c in sorted(resp.choices, key=lambda c: c.index)]
 
     def _cache_key(self, messages: Messages, params: SamplingParams, index: int) -> str:
@@ -261,12 +311,12 @@ class OpenAIGenerator(Generator):
 class VLLMGenerator(Generator):
     """vLLM in-process (the GPU backend); vllm is an optional extra, imported only here."""
 
-    def __init__(self, model: str, **llm_kwargs):
+    def __init__(self, model: str, *, revision: str | None = None, **llm_kwargs):
         import vllm
 
         self._vllm = vllm
         self.model = str(model)
-        self.llm = vllm.LLM(model=self.model, **llm_kwargs)
+        self.llm = vllm.LLM(model=self.model, revision=revision, tokenizer_revision=revision, **llm_kwargs)
 
     def generate(self, prompts: list[Messages], params: SamplingParams, *, desc: str | None = None) -> list[list[str]]:
         sampling = self._vllm.SamplingParams(n=params.n, max_tokens=params.max_new_tokens,
@@ -277,12 +327,18 @@ class VLLMGenerator(Generator):
 
 # ---------------------------------------------------------------------------------------- factory
 
-_FIELDS = {
-    "transformers": {"model", "batch_size", "device", "dtype"},
-    "openai": {"model", "base_url", "api_key_env", "concurrency", "max_retries", "timeout", "cache_dir"},
-    "vllm": {"model", "dtype", "llm_kwargs"},
+# The options each backend uses, besides `backend`, `model` and `revision` (every backend takes those).
+OPTIONS = {
+    "transformers": {"batch_size", "device", "dtype"},
+    "vllm": {"dtype", "llm_kwargs"},
+    "openai": {"base_url", "api_key_env", "concurrency", "max_retries", "timeout", "cache_dir"},
 }
-_FIELDS["auto"] = _FIELDS["transformers"] | _FIELDS["vllm"]
+# How a local model runs. One recipe serves every backend (the default recipe sets batch_size for the
+# CPU), so a backend accepts these and ignores those it has no use for (a server batches and places
+# its model itself); any other key it does not use is an error that names it.
+LOCAL_TUNING = {"batch_size", "device", "dtype", "llm_kwargs"}
+_COMMON = {"backend", "model", "revision"}
+BACKENDS = ("auto", *OPTIONS)
 
 
 def _vllm_usable() -> bool:
@@ -296,12 +352,13 @@ def _vllm_usable() -> bool:
 def make_generator(spec: dict | str) -> Generator:
     """Build a generator from a recipe block (a bare string is a model name with backend "auto").
 
-    Keys: `backend` (transformers | openai | vllm | auto; default auto = vllm when it is installed
-    and CUDA is available, else transformers), `model` (through `resolve_model`: None/"smollm2" →
-    the packaged SmolLM2), and per backend: transformers `batch_size, device, dtype`; openai
-    `base_url` (required), `api_key_env` (the NAME of the env var holding the key), `concurrency,
-    max_retries, timeout, cache_dir`; vllm `dtype, llm_kwargs`. With "auto", the transformers-only
-    keys are unused when vLLM is chosen.
+    Keys: `backend` (transformers | vllm | openai | auto; default auto = openai when `base_url` is
+    given, else vllm when it is installed and CUDA is available, else transformers), `model` (through
+    `resolve_model`: None/"smollm2" → the packaged SmolLM2), `revision` (of a Hub model), and the
+    backend's `OPTIONS`: transformers `batch_size, device, dtype`; vllm `dtype, llm_kwargs`; openai
+    `base_url` (required; one URL or a list), `api_key_env` (the NAME of the env var holding the key),
+    `concurrency` (per server), `max_retries, timeout, cache_dir`. `LOCAL_TUNING` keys are accepted by
+    every backend and ignored by those that do not use them.
     """
     from hubtools.models import resolve_model
 
@@ -309,39 +366,43 @@ def make_generator(spec: dict | str) -> Generator:
         spec = {"model": spec}
     if not isinstance(spec, dict):
         raise ValueError(f"generator: expected a mapping or a model name, got {type(spec).__name__}")
-    spec = dict(spec)
     if "api_key" in spec:
         raise ValueError("generator.api_key: keys never go in a recipe; put it in an environment variable "
                          "and name that variable in generator.api_key_env")
-    backend = spec.pop("backend", "auto")
-    if backend not in _FIELDS:
-        raise ValueError(f"generator.backend: unknown backend {backend!r}; expected one of {sorted(_FIELDS)}")
-    unknown = set(spec) - _FIELDS[backend]
-    if unknown:
-        raise ValueError(f"generator: field(s) {sorted(unknown)} not valid for backend {backend!r}; "
-                         f"valid: {sorted(_FIELDS[backend] | {'backend'})}")
+    backend = spec.get("backend") or "auto"
+    if backend not in BACKENDS:
+        raise ValueError(f"generator.backend: unknown backend {backend!r}; expected one of {list(BACKENDS)}")
     if backend == "auto":
-        backend = "vllm" if _vllm_usable() else "transformers"
+        backend = "openai" if spec.get("base_url") else "vllm" if _vllm_usable() else "transformers"
         log.info("generator backend auto → %s", backend)
-    model = resolve_model(spec.pop("model", None))
+    unknown = sorted(set(spec) - _COMMON - OPTIONS[backend] - LOCAL_TUNING)
+    if unknown:
+        raise ValueError(f"generator: {unknown} not option(s) of backend {backend!r}; it takes "
+                         f"{sorted(_COMMON | OPTIONS[backend])} and ignores {sorted(LOCAL_TUNING - OPTIONS[backend])}")
+    ignored = sorted(set(spec) & (LOCAL_TUNING - OPTIONS[backend]))
+    if ignored:
+        log.info("generator backend %s ignores %s", backend, ignored)
+    if backend == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise RuntimeError("generator backend 'vllm': the vllm package is not installed "
+                           "(pip install 'hubtools[gpu]' on a CUDA machine, or use backend transformers or openai)")
+    options = {k: v for k, v in spec.items() if k in OPTIONS[backend]}
+    model, revision = resolve_model(spec.get("model")), spec.get("revision")
 
     if backend == "openai":
-        base_url = spec.pop("base_url", None)
+        base_url = options.pop("base_url", None)
         if not base_url:
             raise ValueError("generator.base_url is required for backend 'openai'")
         api_key = None
-        env = spec.pop("api_key_env", None)
+        env = options.pop("api_key_env", None)
         if env:
             api_key = os.environ.get(env)
             if not api_key:
                 raise ValueError(f"generator.api_key_env: environment variable {env} is not set")
-        return OpenAIGenerator(base_url, model, api_key=api_key, **spec)
+        return OpenAIGenerator(base_url, model, revision=revision, api_key=api_key, **options)
     if backend == "vllm":
-        kwargs = dict(spec.get("llm_kwargs") or {})
-        if "dtype" in spec:
-            kwargs["dtype"] = spec["dtype"]
-        return VLLMGenerator(model, **kwargs)
-    return TransformersGenerator(model, **{k: spec[k] for k in ("batch_size", "device", "dtype") if k in spec})
+        llm_kwargs = {**(options.pop("llm_kwargs", None) or {}), **options}  # dtype: the recipe's own key wins
+        return VLLMGenerator(model, revision=revision, **llm_kwargs)
+    return TransformersGenerator(model, revision=revision, **options)
 
 
 # ---------------------------------------------------------------------------------------- transformers serve
@@ -349,19 +410,22 @@ def make_generator(spec: dict | str) -> Generator:
 
 
 @contextlib.contextmanager
-def serve_transformers(model_path: str | Path, port: int | None = None, *,
+def serve_transformers(model_path: str | Path | None = None, port: int | None = None, *,
                        startup_timeout: float = 180.0) -> Iterator[str]:
-    """Run `transformers serve` on loopback for a local model folder; yields the base URL (…/v1).
+    """Run `transformers serve` on loopback; yields the base URL (…/v1). It ignores `n`; OpenAIGenerator copes.
 
-    The server is pinned to the model (it preloads it, then answers /health), offline
-    (HF_HUB_OFFLINE=1), and requests must name the model exactly as given here:
-    `OpenAIGenerator(base_url, str(model_path))`. It ignores `n`; OpenAIGenerator copes.
+    With `model_path` (a local folder) the server is pinned to it (it preloads it, then answers
+    /health), offline (HF_HUB_OFFLINE=1), and requests must name the model exactly as given here:
+    `OpenAIGenerator(base_url, str(model_path))`. Without, it loads whatever model a request names,
+    `REPO@REVISION` included, from the Hub in HF_ENDPOINT: `OpenAIGenerator(base_url, REPO, revision=REV)`.
     """
-    model_path, port = str(model_path), port or free_port()
-    cmd = [sys.executable, "-m", "transformers.cli.transformers", "serve", model_path,
+    port = port or free_port()
+    pinned = [str(model_path)] if model_path is not None else []
+    cmd = [sys.executable, "-m", "transformers.cli.transformers", "serve", *pinned,
            "--host", "127.0.0.1", "--port", str(port)]
+    env = {**os.environ, **({"HF_HUB_OFFLINE": "1"} if pinned else {})}
     with tempfile.TemporaryFile() as out:
-        proc = subprocess.Popen(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
             _wait_healthy(proc, f"http://127.0.0.1:{port}/health", startup_timeout, out)
             yield f"http://127.0.0.1:{port}/v1"

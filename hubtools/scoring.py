@@ -19,18 +19,46 @@ Standard library only. The rules, in one place:
   "sorry"/"unfortunately" before and "for sure"/"the answer"/"to this question"... after. Hedged
   attempts ("not sure, maybe Paris") and answers merely containing such words ("Unknown Soldier",
   "Known as Paris") are attempts.
-* Match (`answer_matches`): exact match on any alias, or containment of an alias as a whole-token
-  sequence in a short answer: at most `MAX_CONTAINED_TOKENS` normalized tokens, no list separator
-  (, ; / | newline; a thousands comma is not one) and none of "or and nor either neither not vs
-  versus" outside the alias. So "Barack Obama" matches gold "Obama" and "Paris (France)" matches
-  "Paris", while "Paris or Lyon", "Paris, Lyon" and also "Honolulu, Hawaii" (gold "Honolulu") do
-  not: precision over recall, so that candidate lists are never rewarded.
+* Match (`answer_matches`): an answer is CORRECT only if it names one candidate and that candidate
+  is a gold alias. Exact match on any alias always counts (an alias such as "Honolulu, Hawaii" is
+  the dataset's choice). Otherwise the answer must hold an alias as a whole-token sequence under
+  these rules, which trade recall for precision so that a list of guesses never earns more than
+  one guess would:
+  - one sentence, one item: no list separator (, ; / | + • 、 newline, fullwidth forms too; a
+    thousands comma is not one), no ``?``/``!``/ellipsis/sentence-ending period followed by more
+    text ("Paris? Lyon?", "1. Paris 2. Lyon"), at most `MAX_CONTAINED_TOKENS` normalized tokens;
+  - the alias ends the answer, optionally followed by one parenthetical qualifier: "Barack Obama"
+    (gold "Obama"), "The capital is Paris.", "Paris (France)". Words may extend it on the left
+    only, as given names and titles do; words after it make another entity or value: "Paris
+    Hilton", "Paris Lyon Marseille", "12 km", "12 million" are not "Paris" or "12", and neither
+    is "Paris is the capital" (subject-first sentences lose recall). Rules cannot tell a run of
+    names from a full name, so "Lyon Paris" and "Hilton Paris" count for "Paris" as "Barack Obama"
+    counts for "Obama": with one anchor at the end, a list earns exactly what its last item alone
+    would, never more;
+  - no word offering an alternative or a hedge outside the alias (`_ALTERNATIVE_WORDS`: or, and,
+    not, either, vs, but, maybe, probably, could, guess, ...): "either Paris or Lyon", "Paris (or
+    Lyon)", "probably Paris"; "and" inside the alias is fine ("Simon and Garfunkel");
+  - no dash joining the alias to the word before it: "Paris-Lyon", "Bowes-Lyon" are not "Lyon";
+  - a number alias (a digit or a number word in it) must be the only number in the answer and
+    nothing may follow it, not even a qualifier: "1939-1945", "from 1939 to 1945", "12 (million)"
+    are not "1945"/"12". Unit symbols are dropped by normalization ("12%" == "12"), unit words
+    are not ("12 km").
 * Grade (`grade_answer`): no final answer -> INCORRECT when `require_box` (silence is not an
   abstention); abstention -> NOT_ATTEMPTED (checked before matching, whatever the golds say);
   unanswerable question (`answerable=False` or no usable gold alias) -> any attempt is INCORRECT,
   never CORRECT; otherwise CORRECT iff `answer_matches`.
-* Process-correct (`reasoning_reaches_gold`): a gold alias occurs (whole tokens) in the text before
-  the final answer's ``\\boxed``/``<answer>`` (the whole completion when there is none).
+* Process-correct (`reasoning_reaches_gold`): the reasoning commits to the gold. The reasoning is
+  the text before the final answer (the whole completion when there is none; ``<think>`` and
+  ``<answer>`` tags end a sentence, box commands are dropped), split into sentences at . ! ? …
+  and newlines. When there is a final answer, the unfinished text leading into it ("So the answer
+  is") belongs to it and is left out. A sentence commits to a candidate when it is not a question
+  and names one candidate by the match rules above (so "It could be Paris, Lyon or Marseille",
+  "Maybe Paris" and "Paris?" commit to nothing); the reasoning commits to the gold when its last
+  committing sentence matches the gold. Only one candidate of the reasoning ever counts, so
+  spreading guesses over sentences earns nothing; the price is that a short aside after the gold
+  ("It is Paris. Let me check.") commits to something else and cancels the credit. Whether the
+  credit is paid (final answer an attempt that is wrong or missing, never an abstention) is the
+  reward's rule.
 """
 
 from __future__ import annotations
@@ -58,8 +86,22 @@ _BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _THINK_END = re.compile(r"</think\s*>", re.I)
 _THINK_OPEN = re.compile(r"\s*<think\s*>", re.I)
 
-_LIST_SEPARATOR = re.compile(r"[;/|\n]|(?<!\d),|,(?!\d{3}(?!\d))")
-_LIST_WORDS = frozenset({"or", "and", "nor", "either", "neither", "not", "vs", "versus"})
+_LIST_SEPARATOR = re.compile(r"[;/|+•、\n]|(?<!\d),|,(?!\d{3}(?!\d))")
+# A sentence ends at ? ! … or an ellipsis, or at a period before a space that does not follow an
+# initial ("J. K. Rowling") and is no decimal point.
+_SENTENCE_END = re.compile(r"[?!…]+|\.{2,}|(?<!\b[^\W\d_])\.(?=\s|$)|\n")
+_QUALIFIER = re.compile(r"\s*\(([^()]*)\)[\s.!}]*$")  # "}": inside \text{...}
+_DASH = re.compile(r"[-‐‑‒–—―−]")
+_ALTERNATIVE_WORDS = frozenset({
+    "or", "and", "nor", "either", "neither", "not", "vs", "versus", "but", "instead", "rather", "otherwise",
+    "alternatively", "maybe", "perhaps", "possibly", "probably", "likely", "might", "could", "guess",
+    "unsure", "uncertain", "unknown"})
+_NUMBER_WORDS = frozenset(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety hundred thousand "
+    "million billion trillion dozen".split())
+_MARKUP_TAG = re.compile(r"</?(?:think|answer)\s*>", re.I)
+_BOX_COMMAND = re.compile(r"\\(?:boxed|fbox)\b")
 
 _ABSTAIN = re.compile(
     r"(?:(?:sorry|unfortunately|honestly) )?"
@@ -125,18 +167,43 @@ def contains_answer(text: str, golds: str | Sequence[str]) -> bool:
     return any(f" {a} " in padded for a in _aliases(golds))
 
 
+def _is_number(token: str) -> bool:
+    return token in _NUMBER_WORDS or any(c.isdigit() for c in token)
+
+
+def _one_item(answer: str) -> tuple[str, list[str], list[str]] | None:
+    """(main text, its tokens, qualifier tokens) of an answer shaped as one item, else None.
+
+    Shape only, gold-independent: one sentence, no list separator, at most one trailing
+    parenthetical qualifier and no other parenthesis, at most `MAX_CONTAINED_TOKENS` tokens.
+    """
+    answer = unicodedata.normalize("NFKC", answer).strip()  # fullwidth "，" and "？" are separators too
+    if _LIST_SEPARATOR.search(answer) or any(answer[m.end():].strip() for m in _SENTENCE_END.finditer(answer)):
+        return None
+    q = _QUALIFIER.search(answer)
+    main, qualifier = (answer[:q.start()], q[1]) if q and answer[:q.start()].strip() else (answer, "")
+    head, extra = normalize_answer(main).split(), normalize_answer(qualifier).split()
+    if "(" in main or ")" in main or not head or len(head) + len(extra) > MAX_CONTAINED_TOKENS:
+        return None
+    return main, head, extra
+
+
 def answer_matches(answer: str, golds: str | Sequence[str]) -> bool:
-    """Exact match, or an alias contained in a short single-item answer (see module docstring)."""
+    """Exact match, or the answer names one candidate and it is a gold alias (module docstring)."""
     if exact_match(answer, golds):
         return True
-    tokens = normalize_answer(answer).split()
-    if len(tokens) > MAX_CONTAINED_TOKENS or _LIST_SEPARATOR.search(answer):
+    item = _one_item(answer)
+    if item is None:
         return False
+    main, head, extra = item
     for alias in map(str.split, _aliases(golds)):
-        n = len(alias)
-        for i in range(len(tokens) - n + 1):
-            if tokens[i:i + n] == alias and not _LIST_WORDS.intersection(tokens[:i] + tokens[i + n:]):
-                return True
+        rest = head[:-len(alias)] + extra
+        if (head[-len(alias):] != alias or _ALTERNATIVE_WORDS.intersection(rest)
+                or any(normalize_answer(main[m.end():]).split() == alias for m in _DASH.finditer(main))):
+            continue
+        if any(map(_is_number, alias)) and (extra or any(map(_is_number, rest))):
+            continue
+        return True
     return False
 
 
@@ -218,15 +285,32 @@ def grade_answer(completion: str, golds: str | Sequence[str], *, require_box: bo
     return Grade.INCORRECT
 
 
-def reasoning_reaches_gold(completion: str, golds: str | Sequence[str]) -> bool:
-    """True if a gold alias occurs (whole tokens) in the text before the final answer.
+def _sentences(text: str) -> list[str]:
+    """Sentences with their end marks; the last item is the unfinished rest (possibly blank)."""
+    out, start = [], 0
+    for m in _SENTENCE_END.finditer(text):
+        out.append(text[start:m.end()].strip())
+        start = m.end()
+    return out + [text[start:].strip()]
 
-    That text is everything before the final ``\\boxed``/``<answer>`` (think section included), or
-    the whole completion when there is no final answer. Independent of the grade: the reward gives
-    process credit only when the grade is not CORRECT.
+
+def reasoning_reaches_gold(completion: str, golds: str | Sequence[str]) -> bool:
+    """True if the reasoning's last committing sentence names the gold (module docstring).
+
+    Independent of the grade: the reward decides when the credit is paid.
     """
     found = _final_answer(completion)
-    return contains_answer(completion[:found[1]] if found else completion, golds)
+    reasoning = _MARKUP_TAG.sub("\n", _BOX_COMMAND.sub(" ", completion[:found[1]] if found else completion))
+    sentences = _sentences(unicodedata.normalize("NFKC", reasoning))
+    for sentence in reversed(sentences[:-1] if found else sentences):
+        if sentence.endswith("?"):
+            continue
+        if answer_matches(sentence, golds):
+            return True
+        item = _one_item(sentence)
+        if item is not None and not _ALTERNATIVE_WORDS.intersection(item[1] + item[2]):
+            return False
+    return False
 
 
 def _label_key(s: str) -> str:

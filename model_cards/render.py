@@ -20,19 +20,21 @@ from hubtools.redact import redact, redact_data
 
 MODEL_KEYS = {
     "repo_id", "title", "summary", "license", "pipeline_tag", "library_name", "tags", "datasets",
-    "base_model", "base_model_description", "algorithm", "algorithm_script", "algorithm_repo",
-    "algorithm_repo_url", "step", "training_reward", "revision", "loading", "reward_plot", "task", "dataset",
+    "base_model", "base_model_description", "algorithm", "algorithm_trainer", "algorithm_script",
+    "algorithm_repo", "algorithm_repo_url", "step", "training_reward", "revision", "loading", "reward_plot",
+    "task", "dataset",
     "dataset_split", "dataset_description", "reward_description", "reward_components", "judge",
     "judge_serving", "kl_estimator", "kl_beta", "optimizer", "learning_rate", "lr_scheduler",
     "per_device_train_batch_size", "parallelism", "rollout_prompts", "rollout_samples_per_prompt",
     "temperature", "context", "seed", "output_format", "intended_use", "repro_script",
-    "repro_script_url", "repro_script_note", "repro_command", "repro_flags", "notes", "eval_results",
+    "repro_script_url", "repro_script_note", "repro_command", "repro_flags", "repro_notes", "notes",
+    "eval_results",
 }
 DATASET_KEYS = {
     "repo_id", "pretty_name", "license", "tags", "task_categories", "description", "sources",
     "build_params", "filter_stats", "skipped", "images", "repro_command",
 }
-_LISTS = {"tags", "datasets", "reward_components", "repro_flags", "notes", "eval_results",
+_LISTS = {"tags", "datasets", "reward_components", "repro_flags", "repro_notes", "notes", "eval_results",
           "task_categories", "sources", "images"}
 _DICTS = {"loading", "context", "build_params", "skipped"}
 

@@ -4,13 +4,17 @@ and a real build (tiny random model, local hub) through the command-line entry p
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import random
 
 import pytest
+import yaml
 
 from dataset_builders import factuality as fb
 from dataset_builders.registry import get_builder
+from hubtools.cli import main
+from hubtools.generation import OpenAIGenerator, make_generator, serve_transformers
 from hubtools.scoring import SEED_SYSTEM_PROMPT, Grade
 
 C, I, N = Grade.CORRECT, Grade.INCORRECT, Grade.NOT_ATTEMPTED
@@ -119,7 +123,9 @@ def test_recipe_checks_and_default_recipe_loads(tmp_path):
     assert {name: len(qs) for name, qs in by_source.items()} == {"simpleqa": 80, "popqa": 80, "selfaware": 80,
                                                                  "triviaqa": 80}
     assert not skipped and sum(not q.answerable for q in by_source["selfaware"]) == 40
-    assert fb.apply_overrides(recipe, base_url="http://127.0.0.1:1/v1", n=3)["generator"]["backend"] == "openai"
+    urls = ["http://127.0.0.1:1/v1", "http://127.0.0.1:2/v1"]
+    served = make_generator(fb.apply_overrides(recipe, base_url=urls, model="some-model", n=3)["generator"])
+    assert isinstance(served, OpenAIGenerator) and served.base_urls == urls
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['sampels'\]"):
         fb.complete_recipe(recipe | {"sampels": 3})
     with pytest.raises(ValueError, match="select.rule"):
@@ -182,3 +188,35 @@ def test_build_pushes_dataset_histogram_and_card(tmp_path, hub, tiny_model_dir, 
     assert local["train"]["id"] == train["id"]
     assert (tmp_path / "out" / fb.HIST_FILE).read_bytes()[:4] == b"\x89PNG"
     assert "| popqa |" in (tmp_path / "out" / "README.md").read_text()
+
+
+TINY = ["--k", "2", "--n", "2", "--per-source", "1", "--max-new-tokens", "8"]
+
+
+@pytest.mark.timeout(300)
+def test_build_with_the_default_recipe_through_two_servers(tmp_path, tiny_model_dir, capsys):
+    from datasets import load_from_disk
+
+    out = tmp_path / "out"
+    with serve_transformers(tiny_model_dir) as url:  # the same server twice: the recipe's batch_size is ignored
+        assert main(["build-dataset", "factuality", "--output-dir", str(out), "--model", str(tiny_model_dir),
+                     "--base-url", url, "--base-url", url, *TINY]) == 0
+    dd = load_from_disk(str(out))
+    assert (len(dd["train"]), len(dd["test"])) == (1, 1)
+    assert "openai" in capsys.readouterr().out
+    readme = (out / "README.md").read_text()
+    assert f"--base-url {url} --base-url {url}" in readme and "- `backend`: `openai`" in readme
+
+
+def test_vllm_and_a_misspelled_option_fail_with_clear_errors(tmp_path, capsys):
+    out = ["--output-dir", str(tmp_path / "out"), *TINY]
+    if importlib.util.find_spec("vllm") is None:  # the default recipe is fine for vllm: only vllm is missing
+        assert main(["build-dataset", "factuality", "--backend", "vllm", *out]) == 2
+        err = capsys.readouterr().err
+        assert "backend 'vllm': the vllm package is not installed" in err and "batch_size" not in err
+    recipe = fb.load_recipe(fb.DEFAULT_RECIPE)  # its source paths made absolute
+    recipe["generator"]["batchsize"] = recipe["generator"].pop("batch_size")
+    (tmp_path / "typo.yaml").write_text(yaml.safe_dump(recipe))
+    assert main(["build-dataset", "factuality", "--recipe", str(tmp_path / "typo.yaml"), "--backend", "transformers",
+                 *out]) == 2
+    assert "['batchsize'] not option(s) of backend 'transformers'" in capsys.readouterr().err

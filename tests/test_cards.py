@@ -1,5 +1,5 @@
-"""Card rendering: the seed-004 card's facts round-trip, secrets never reach a card, info is data only,
-eval results become model-index, and a dataset card keeps the YAML `datasets.push_to_hub` wrote."""
+"""Card rendering: a published GRPO step card's facts round-trip, secrets never reach a card, info is
+data only, eval results become model-index, and a dataset card keeps the YAML `datasets.push_to_hub` wrote."""
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def seed_info() -> dict:
     return load_run_info(SEED)
 
 
-def test_seed004_card_has_every_fact(seed_info):
+def test_published_step_card_has_every_fact(seed_info):
     text = str(render_model_card(seed_info))
     missing = [f for f in SEED_FACTS if f not in text]
     assert not missing, missing
@@ -252,3 +252,25 @@ def test_dataset_card_without_existing_and_row_table_stats():
     text = str(render_dataset_card(info))
     assert "configs" not in text
     assert "| stage | rows |" in text and "| kept | 300 |" in text
+
+
+def test_hallucination_rate_in_scores_table_and_model_index(hub, repo_name):
+    from huggingface_hub import HfApi, hf_hub_download
+
+    from hubtools.eval_factuality import markdown_table, score, write_card_results
+    from hubtools.scoring import Grade
+    c, i, n = Grade.CORRECT, Grade.INCORRECT, Grade.NOT_ATTEMPTED
+    s = score([[c, i, i, n], [n, n, i, c]])  # 2 correct, 3 incorrect, 3 not attempted of 8 samples
+    assert (s.correct, s.not_attempted, s.hallucination_rate) == (0.25, 0.375, 0.375)
+    assert s.accuracy_given_attempted == 0.4  # 2 of the 5 attempted
+    table = markdown_table({"step-1": s}).splitlines()
+    header = [h.strip() for h in table[0].strip("|").split("|")]
+    row = [v.strip() for v in table[2].strip("|").split("|")]
+    assert row[header.index("Hallucination rate")] == "37.5" and row[header.index("Not attempted")] == "37.5"
+
+    HfApi().create_repo(repo_name)
+    write_card_results(repo_name, "main", s, "me/qa", "test")
+    card = ModelCard.load(hf_hub_download(repo_name, "README.md"))
+    metrics = {r.metric_type: (r.metric_name, r.metric_value) for r in card.data.eval_results}
+    assert metrics["hallucination_rate"] == ("hallucination rate", 0.375)
+    assert "| Hallucination rate |" in card.text

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from huggingface_hub import HfApi, ModelCard, hf_hub_download
 
 from conftest import ROOT
+from hubtools.cli import main
 from hubtools.eval_factuality import CATEGORIES, category, evaluate_revisions, load_prompts, prompt_sweep, score
+from hubtools.generation import serve_transformers
 from hubtools.publish import publish_checkpoint
 from hubtools.scoring import Grade
 from model_cards import load_run_info
@@ -27,7 +31,7 @@ def test_category(grades, expected):
 def test_score_breakdown_and_simpleqa_aggregates():
     s = score([[C, C], [C, I], [N, N], [I, N], [I, I]])
     assert s.breakdown == {name: 20.0 for name in CATEGORIES}
-    assert (s.correct, s.not_attempted, s.incorrect) == (0.3, 0.3, 0.4)
+    assert (s.correct, s.not_attempted, s.hallucination_rate) == (0.3, 0.3, 0.4)
     assert s.accuracy_given_attempted == pytest.approx(0.3 / 0.7, abs=1e-4)
     assert s.f1 == pytest.approx(2 * 0.3 * (0.3 / 0.7) / (0.3 + 0.3 / 0.7), abs=1e-4)
     with pytest.raises(ValueError):
@@ -83,3 +87,81 @@ def test_prompt_sweep_plots_the_frontier(tmp_path, tiny_model_dir, eval_dataset)
         bad = tmp_path / "bad.yaml"
         bad.write_text("- just a string\n")
         load_prompts(bad)
+
+
+def _has_eval(repo: str, revision: str) -> bool:
+    return "## Evaluation: factuality" in ModelCard.load(hf_hub_download(repo, "README.md", revision=revision)).text
+
+
+@pytest.fixture
+def two_steps(tiny_model_dir, repo_name):
+    info = load_run_info(ROOT / "examples" / "seed004_run.yaml")
+    for rev in ("step-1", "step-2"):
+        publish_checkpoint(tiny_model_dir, repo_name, rev, card_info=info)
+    return repo_name
+
+
+def _eval(repo_arg: str, dataset: str, out, *urls: str, extra=()) -> int:
+    flags = [f for url in urls for f in ("--base-url", url)]
+    return main(["eval", "factuality", "--model", repo_arg, "--dataset", dataset, "--k", "2", "--max-new-tokens", "4",
+                 "--output-dir", str(out), *flags, *extra])
+
+
+@pytest.mark.timeout(300)
+def test_eval_through_a_server_evaluates_each_revision_by_name(tmp_path, two_steps, eval_dataset, capsys):
+    with serve_transformers() as url:  # not pinned: loads `REPO@step-N` from the hub by name
+        assert _eval(two_steps, eval_dataset, tmp_path, url, url, extra=["--revisions", "step-1,step-2"]) == 0
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert set(saved) == {"step-1", "step-2"}
+    assert _has_eval(two_steps, "step-1") and _has_eval(two_steps, "step-2")
+
+
+@pytest.mark.timeout(300)
+def test_eval_through_a_server_that_does_not_serve_the_revision_refuses(tmp_path, tiny_model_dir, two_steps,
+                                                                        eval_dataset, capsys):
+    with serve_transformers(tiny_model_dir) as url:  # pinned to another model (a local folder)
+        assert _eval(f"{two_steps}@step-1", eval_dataset, tmp_path, url) == 2
+    err = capsys.readouterr().err
+    assert f"request for model '{two_steps}@step-1' failed: Error code: 400" in err and "--served-model-name" in err
+    assert not _has_eval(two_steps, "step-1") and not (tmp_path / "results.json").exists()
+    assert _eval(f"{two_steps}@step-1", eval_dataset, tmp_path, url, extra=["--revisions", "step-2"]) == 2
+    assert "names a revision" in capsys.readouterr().err
+
+
+class NameIgnoringServer:
+    """FAKE of a server that answers any requested model with its own (TGI, llama.cpp do): no real
+    server here behaves so, and eval must refuse its samples rather than write them into a card."""
+
+    def __init__(self, served_as: str):
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": served_as,
+                                   "choices": [{"index": 0, "finish_reason": "stop",
+                                                "message": {"role": "assistant", "content": "\\boxed{Paris}"}}]})
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body.encode())
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_eval_refuses_a_server_that_answers_as_another_model(tmp_path, two_steps, eval_dataset, capsys):
+    fake = NameIgnoringServer("some/other-model")
+    try:
+        assert _eval(f"{two_steps}@step-2", eval_dataset, tmp_path, fake.url) == 2
+    finally:
+        fake.close()
+    assert f"answered as model 'some/other-model' when asked for '{two_steps}@step-2'" in capsys.readouterr().err
+    assert not _has_eval(two_steps, "step-2") and not (tmp_path / "results.json").exists()

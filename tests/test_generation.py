@@ -4,6 +4,7 @@ on loopback serving it. The only fake is the 503-answering proxy (tests/faults.p
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import logging
 
@@ -73,14 +74,17 @@ def served(tiny_model_dir):
 
 
 class CountingGenerator(OpenAIGenerator):
-    """Records the prompt of every request it sends (to prove what the cache saves)."""
+    """Records the prompt and server of every request it sends (to prove what the cache saves, and
+    where requests go)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.requested: list[str] = []
+        self.servers: list[str] = []
 
     async def _complete(self, client, messages, params, **kwargs):
         self.requested.append(messages[-1]["content"])
+        self.servers.append(str(client.base_url).rstrip("/"))
         return await super()._complete(client, messages, params, **kwargs)
 
 
@@ -106,8 +110,9 @@ def test_openai_cache_resumes_without_server(tiny_model_dir, tmp_path):
     again = CountingGenerator(base_url, model, cache_dir=cache, max_retries=0)
     assert again.generate(PROMPTS, params) == first
     assert again.requested == []
-    with pytest.raises(openai.APIConnectionError):
+    with pytest.raises(RuntimeError, match="request for model .* failed: Connection error") as err:
         again.generate(PROMPTS, SamplingParams(n=2, max_new_tokens=9, seed=7))  # other params: not cached
+    assert isinstance(err.value.__cause__, openai.APIConnectionError)
 
 
 @pytest.mark.timeout(120)
@@ -136,11 +141,35 @@ def test_openai_retries_on_503(served):
         check_shape(out, PROMPTS[:1], 1)
         assert len(proxy.failed) == 2
         proxy.fail_left = 1
-        with pytest.raises(openai.InternalServerError):
+        with pytest.raises(RuntimeError, match=f"{proxy.url}/v1/: request for model .* failed: Error code: 503") as err:
             OpenAIGenerator(f"{proxy.url}/v1", model, max_retries=0).generate(
                 PROMPTS[:1], SamplingParams(n=1, max_new_tokens=8))
+        assert isinstance(err.value.__cause__, openai.InternalServerError)
     finally:
         proxy.close()
+
+
+@pytest.mark.timeout(120)
+def test_openai_spreads_requests_over_several_servers(served):
+    base_url, model = served
+    proxy = FlakySlowProxy(base_url.removesuffix("/v1"), delay=0.05)  # a second server in front of the same model
+    try:
+        urls = [base_url, f"{proxy.url}/v1"]
+        gen = CountingGenerator(urls, model, concurrency=1)
+        check_shape(gen.generate(PROMPTS, SamplingParams(n=2, max_new_tokens=4)), PROMPTS, 2)
+        assert len(gen.servers) == 8 and set(gen.servers) == set(urls)
+    finally:
+        proxy.close()
+
+
+@pytest.mark.timeout(120)
+def test_openai_revision_is_asked_for_by_name_and_refused_when_not_served(served):
+    base_url, model = served  # pinned to the tiny model's folder: it serves no `REPO@REVISION`
+    gen = OpenAIGenerator(base_url, "tests/some-model", revision="step-2", max_retries=0)
+    assert gen.model == "tests/some-model@step-2"
+    with pytest.raises(RuntimeError, match=r"request for model 'tests/some-model@step-2' failed: Error code: 400"
+                                           r".*pinned.*--served-model-name REPO@REVISION"):
+        gen.generate(PROMPTS[:1], SamplingParams(n=1, max_new_tokens=4))
 
 
 @pytest.mark.timeout(120)
@@ -179,6 +208,31 @@ def test_make_generator_backends(tiny_model_dir, monkeypatch):
     remote = make_generator({"backend": "openai", "model": "some-model", "base_url": "http://127.0.0.1:1/v1",
                              "concurrency": 3})
     assert isinstance(remote, OpenAIGenerator) and remote.concurrency == 3 and remote.model == "some-model"
+    urls = ["http://127.0.0.1:1/v1", "http://127.0.0.1:2/v1"]
+    auto = make_generator({"backend": "auto", "model": "some-model", "base_url": urls, "revision": "step-2"})
+    assert isinstance(auto, OpenAIGenerator) and auto.base_urls == urls and auto.model == "some-model@step-2"
+
+
+# The default recipe's generator block: one block for every backend.
+RECIPE_GENERATOR = {"backend": "auto", "model": "some-model", "batch_size": 32}
+
+
+def test_default_recipe_generator_works_on_every_backend():
+    gen = make_generator({**RECIPE_GENERATOR, "backend": "openai", "base_url": "http://127.0.0.1:1/v1"})
+    assert isinstance(gen, OpenAIGenerator)  # batch_size is the CPU backend's: ignored, not an error
+    if importlib.util.find_spec("vllm") is None:  # vllm does not run here: the one error is its absence
+        with pytest.raises(RuntimeError, match="backend 'vllm': the vllm package is not installed"):
+            make_generator({**RECIPE_GENERATOR, "backend": "vllm"})
+
+
+@pytest.mark.parametrize("backend, extra", [("transformers", {}), ("vllm", {}),
+                                            ("openai", {"base_url": "http://127.0.0.1:1/v1"}),
+                                            ("auto", {"base_url": "http://127.0.0.1:1/v1"})])
+def test_a_misspelled_generator_option_is_an_error_naming_it_and_the_backend(backend, extra):
+    spec = {"backend": backend, "model": "some-model", "batchsize": 32, **extra}
+    resolved = "openai" if backend == "auto" else backend
+    with pytest.raises(ValueError, match=rf"\['batchsize'\] not option\(s\) of backend '{resolved}'"):
+        make_generator(spec)
 
 
 @pytest.mark.parametrize("spec, field", [

@@ -19,9 +19,12 @@ GOLD = ["Paris"]
 RIGHT = "The capital is Paris. \\boxed{Paris}"
 WRONG = "I think it is Lyon. \\boxed{Lyon}"
 UNKNOWN = "Not sure. \\boxed{Unknown}"
-PROCESS = "It could be Paris, but maybe Marseille. \\boxed{Marseille}"  # gold reached, final answer wrong
+PROCESS = "The capital is Paris. Or is it Marseille? \\boxed{Marseille}"  # committed to the gold, final answer wrong
 NO_BOX = "Paris"  # right words, no final answer: counts as process-correct, never as correct
 MISSING = "Let me think about the map."
+ABSTAIN_AFTER_GOLD = "The capital is Paris. \\boxed{Unknown}"  # an abstention never earns process credit
+LISTED = "It could be Paris, Lyon or Marseille. \\boxed{Lyon}"  # a candidate list commits to nothing
+SPREAD = "Paris. Marseille. Nice. \\boxed{Lyon}"  # guesses over sentences: only the last one counts
 
 
 def group(*completions, qid="q1", answerable=True):
@@ -31,6 +34,16 @@ def group(*completions, qid="q1", answerable=True):
 
 def test_some_correct_rewards_correct_and_process_correct():
     assert fact_caution(**group(RIGHT, PROCESS, WRONG, UNKNOWN, NO_BOX, MISSING)) == [1.0, 0.5, 0.0, 0.0, 0.5, 0.0]
+
+
+def test_process_credit_needs_a_wrong_attempt_and_a_commitment():
+    assert fact_caution(**group(RIGHT, ABSTAIN_AFTER_GOLD, LISTED, SPREAD, PROCESS)) == [1.0, 0.0, 0.0, 0.0, 0.5]
+    assert fact(**group(ABSTAIN_AFTER_GOLD, LISTED, SPREAD)) == [0.0, 0.0, 0.0]
+
+
+def test_guess_lists_in_the_box_are_not_correct():
+    lists = ["\\boxed{Paris Lyon Marseille}", "\\boxed{Paris-Lyon}", "\\boxed{Paris or Lyon}", "\\boxed{Paris? Lyon?}"]
+    assert fact_caution(**group(*lists, UNKNOWN)) == [0.0] * len(lists) + [1.0]
 
 
 def test_all_correct():
@@ -92,7 +105,7 @@ rank = dist.get_rank()
 # Group q1: the only correct sample is on rank 0; group q2: no correct sample anywhere.
 local = {
     0: (["The capital is Paris. \\boxed{Paris}", "\\boxed{Lyon}"], ["q1", "q2"]),
-    1: (["Maybe Paris or Nice. \\boxed{Nice}", "\\boxed{Unknown}", "\\boxed{Unknown}"], ["q1", "q1", "q2"]),
+    1: (["It is Paris. Or Nice? \\boxed{Nice}", "\\boxed{Unknown}", "\\boxed{Unknown}"], ["q1", "q1", "q2"]),
 }[rank]
 completions, ids = local
 n = len(completions)

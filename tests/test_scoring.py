@@ -149,7 +149,8 @@ def test_attempted(text):
     ("Barack Obama", "Obama", True),
     ("Paris (France)", "Paris", True),
     ("It is the city of Paris", "Paris", True),
-    ("about 1,000 people", "1000", True),          # thousands comma is not a list separator
+    ("about 1,000", "1000", True),                 # thousands comma is not a list separator
+    ("about 1,000 people", "1000", False),         # a unit word the gold lacks is extra content
     ("Paris or Lyon", "Paris", False),
     ("Paris, Lyon", "Paris", False),
     ("Honolulu, Hawaii", "Honolulu", False),       # documented precision-over-recall trade-off
@@ -164,6 +165,85 @@ def test_attempted(text):
 ])
 def test_answer_matches(answer, golds, expected):
     assert answer_matches(answer, golds) is expected
+
+
+# What GRPO would try: every guess list, range, magnitude, unit or hedge around the gold is INCORRECT.
+@pytest.mark.parametrize("answer, golds", [
+    ("Paris Lyon Marseille", "Paris"),               # the example
+    ("Paris Lyon Marseille", "Lyon"),
+    ("Paris-Lyon", "Paris"),
+    ("Paris-Lyon", "Lyon"),                          # a dash joins the gold to a candidate
+    ("Paris – Lyon", "Lyon"),
+    ("Paris/Lyon", "Lyon"),
+    ("Paris or Lyon", "Lyon"),
+    ("Paris, Lyon", "Lyon"),
+    ("either Paris or Lyon", "Paris"),
+    ("Paris (or Lyon)", "Paris"),
+    ("Paris (maybe Lyon)", "Paris"),
+    ("Paris (Lyon)", "Lyon"),                        # the anchor is before the qualifier
+    ("Unknown Paris", "Paris"),                      # abstention and answer at once
+    ("Paris? Lyon?", "Paris"),
+    ("Paris? Lyon?", "Lyon"),
+    ("Paris. Lyon.", "Lyon"),                        # two sentences, two answers
+    ("Paris... Lyon", "Lyon"),
+    ("1. Paris 2. Lyon", "Lyon"),
+    ("1) Paris 2) Lyon", "Lyon"),
+    ("Paris + Lyon", "Lyon"),
+    ("Paris & Lyon", "Lyon"),
+    ("Paris\nLyon", "Lyon"),
+    ("Paris，Lyon", "Lyon"),                          # fullwidth comma
+    ("Paris Lyon Paris", "Lyon"),
+    ("Cairo, Al-Qahira", ["Cairo", "Al-Qahira"]),    # alias list copied from the golds
+    ("probably Paris", "Paris"),                      # hedges
+    ("It could be Paris", "Paris"),
+    ("my guess is Paris", "Paris"),
+    ("not Lyon but Paris", "Paris"),
+    ("Paris Hilton", "Paris"),                       # the gold inside a longer (wrong) entity
+    ("Bowes-Lyon", "Lyon"),
+    ("Paris is the capital", "Paris"),               # subject-first: the anchor is the end
+    ("1939-1945", "1945"),                           # ranges
+    ("1939–1945", "1945"),
+    ("1939 - 1945", "1945"),
+    ("1939 1945", "1945"),
+    ("from 1939 to 1945", "1945"),
+    ("between 1939 and 1945", "1945"),
+    ("12 million", "12"),                            # magnitudes and units
+    ("twelve million", ["12", "twelve"]),
+    ("12 km", "12"),
+    ("12 (million)", "12"),
+    ("3.5 km", "3.5"),
+    ("12 twelve", ["12", "twelve"]),
+])
+def test_answer_matches_rejects_candidate_lists(answer, golds):
+    assert answer_matches(answer, golds) is False
+    assert grade_answer(f"\\boxed{{{answer}}}", golds) is I
+
+
+@pytest.mark.parametrize("answer, golds", [
+    ("Paris", "Paris"),
+    ("Barack Obama", "Obama"),
+    ("Barack Hussein Obama", "Obama"),
+    ("Paris (France)", "Paris"),
+    ("Paris (France).", "Paris"),
+    ("The capital is Paris.", "Paris"),
+    ("It is the city of Paris", "Paris"),
+    ("Jean-Paul Sartre", "Sartre"),                  # a dash elsewhere is fine
+    ("J. K. Rowling", "Rowling"),                     # initials are not sentence ends
+    ("The author is J. K. Rowling.", "J. K. Rowling"),
+    ("Paris?", "Paris"),                              # one hedged candidate
+    ("in 1945.", "1945"),
+    ("about 12", "12"),
+    ("12", ["12", "twelve"]),
+    (r"\text{Paris}", "Paris"),
+    (r"\text{Paris (France)}", "Paris"),
+    ("Paris (Lyon)", "Paris"),                       # a qualifier is not a candidate: the anchor is before it
+    ("Tomb of the Unknown Soldier", "Unknown Soldier"),
+    ("Honolulu, Hawaii", ["Honolulu", "Honolulu, Hawaii"]),  # exact alias match always counts
+    ("Lyon Paris", "Paris"),                         # read as one name ending in the gold, like "Barack Obama"
+])
+def test_answer_matches_keeps_single_answers(answer, golds):
+    assert answer_matches(answer, golds) is True
+    assert grade_answer(f"\\boxed{{{answer}}}", golds) is C
 
 
 @pytest.mark.parametrize("completion, golds, kwargs, expected", [
@@ -196,13 +276,26 @@ def test_grade_is_str_enum():
 
 
 @pytest.mark.parametrize("completion, golds, expected", [
-    (r"<think>It could be Paris... or Lyon.</think> \boxed{Lyon}", "Paris", True),
-    (r"<think>It could be Paris.</think> \boxed{Unknown}", "Paris", True),
-    ("I believe it is Paris, but I'm running out of", "Paris", True),        # no final answer
-    (r"Thinking about Lyon. \boxed{Paris}", "Paris", False),                # only the final box has it
-    (r"<think>Lyon</think> \boxed{Lyon} Paris", "Paris", False),            # text after the box is not reasoning
-    (r"<think>\boxed{Paris}</think> \boxed{Lyon}", "Paris", True),          # earlier box is reasoning
-    (r"<think>a comparison</think> \boxed{Lyon}", "Paris", False),          # whole tokens only
+    (r"<think>The capital is Paris. Or is it Lyon?</think> \boxed{Lyon}", "Paris", True),  # a doubt is no commitment
+    (r"<think>It is Paris.</think> So the answer is \boxed{Lyon}", "Paris", True),    # the lead-in is the answer's
+    (r"<think>The capital of France is Paris</think>\n\boxed{Lyon}", "Paris", True),
+    (r"The capital is Paris. \boxed{Lyon}", "Paris", True),                           # no think section
+    ("I believe it is Paris", "Paris", True),                                        # no final answer
+    (r"<think>\boxed{Paris}</think> \boxed{Lyon}", "Paris", True),                    # earlier box is reasoning
+    (r"<think>It is Paris. Then again the question asks about the capital city of this country.</think> \boxed{Lyon}",
+     "Paris", True),                                                                 # long sentences commit to nothing
+    (r"<think>It could be Paris, Lyon or Marseille.</think> \boxed{Lyon}", "Paris", False),  # a candidate list
+    (r"<think>Paris or Lyon.</think> \boxed{Lyon}", "Paris", False),
+    (r"<think>Maybe Paris.</think> \boxed{Lyon}", "Paris", False),                     # a hedge
+    (r"<think>Paris? Lyon?</think> \boxed{Nice}", "Paris", False),                     # questions
+    (r"<think>Paris. Lyon. Marseille.</think> \boxed{Nice}", "Paris", False),          # only the last commitment
+    (r"<think>Paris. Lyon. Marseille.</think> \boxed{Nice}", "Marseille", True),       # ... counts: no gain
+    (r"<think>It is Paris. Let me check.</think> \boxed{Lyon}", "Paris", False),       # the documented price
+    ("I believe it is Paris, but I'm running out of", "Paris", False),               # truncated hedge
+    (r"Thinking about Lyon. \boxed{Paris}", "Paris", False),                         # only the final box has it
+    (r"<think>Lyon</think> \boxed{Lyon} Paris", "Paris", False),                     # text after the box: not reasoning
+    (r"<think>a comparison</think> \boxed{Lyon}", "Paris", False),                   # whole tokens only
+    (r"<think>Paris Hilton.</think> \boxed{Lyon}", "Paris", False),
     (r"<think>Paris</think> \boxed{Lyon}", [], False),
 ])
 def test_reasoning_reaches_gold(completion, golds, expected):

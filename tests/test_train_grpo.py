@@ -1,11 +1,17 @@
-"""Real TRL GRPO runs of a tiny model through `accelerate launch train/grpo.py`, publishing step revisions."""
+"""Real TRL GRPO runs of a tiny model through `accelerate launch train/grpo.py`, publishing step revisions;
+the step cards' reproduction section; the multi-node Slurm launch, checked against the real parsers."""
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.metadata
 import json
 import os
+import shlex
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from huggingface_hub import HfApi, ModelCard, hf_hub_download
@@ -13,6 +19,8 @@ from huggingface_hub import HfApi, ModelCard, hf_hub_download
 from conftest import ROOT
 from test_publish import tree
 from hubtools.hubenv import free_port
+from hubtools.models import SMOLLM2_REPO
+from model_cards import render_model_card
 
 SYSTEM = "Answer in \\boxed{}; \\boxed{Unknown} if not sure."
 QUESTIONS = [("Capital of France?", ["Paris"]), ("Who wrote Hamlet?", ["Shakespeare", "William Shakespeare"]),
@@ -109,3 +117,129 @@ def test_two_cpu_ranks_train_and_rank0_publishes_once(tmp_path, tiny_model_dir, 
     assert "**Parallelism:** 2 process(es)" in card
     titles = [c.title for c in HfApi().list_repo_commits(repo_name, revision="step-2")]
     assert titles.count("Publish step-2") == 1
+
+
+def parse_grpo(argv: list[str]):
+    from trl import GRPOConfig, ModelConfig, TrlParser
+
+    from train.grpo import ScriptArguments
+    return TrlParser((ScriptArguments, GRPOConfig, ModelConfig)).parse_args_and_config(argv)
+
+
+@pytest.mark.parametrize("recipe_in_project", [True, False])
+def test_card_reproduction_reruns_elsewhere(tmp_path, monkeypatch, recipe_in_project):
+    """A run launched with this machine's paths (a temp recipe, the packaged model's cache folder, a
+    local dataset, a temp output dir) gets a card without any of them, whose command parses back to
+    the same run."""
+    from train.grpo import build_card_info
+    monkeypatch.setenv("HUBTOOLS_CACHE", str(tmp_path / "cache"))
+    model = tmp_path / "cache" / "smollm2-135m-instruct"  # where the packaged SmolLM2 lives
+    model.mkdir(parents=True)
+    (tmp_path / "qa").mkdir()
+    recipe = ROOT / "train" / "recipes" / "factuality.yaml"
+    if not recipe_in_project:
+        recipe = Path(shutil.copy(recipe, tmp_path / "my-recipe.yaml"))
+    secret = "hf_" + "Zz9" * 10
+    argv = ["--config", str(recipe), "--model_name_or_path", str(model), "--dataset_name", str(tmp_path / "qa"),
+            "--output_dir", str(tmp_path / "run"), "--max_steps", "3", "--hub_token", secret]
+    args = parse_grpo(argv)
+    info = build_card_info(*args, ["fact_caution"], 1, argv)
+    text = str(render_model_card(info | {"repo_id": "me/run", "step": 1}))
+
+    for local in ("/tmp", str(tmp_path), str(Path.home()), str(model), secret):
+        assert local not in text, local
+    version, commit = importlib.metadata.version("hubtools"), subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert f"hubtools {version}, commit `{commit or 'unknown'}`" in text
+    assert f"GRPO (TRL `GRPOTrainer`, via `train/grpo.py` of `hubtools {version}" in text
+    assert ModelCard(text).data.base_model == SMOLLM2_REPO
+    assert f"--model_name_or_path {SMOLLM2_REPO}\n" in text and "--output_dir runs/run\n" in text
+    assert "--dataset_name path/to/qa" in text and "`--dataset_name` was a local folder (`qa`)" in text
+    assert "--max_steps 3\n" in text and "--reward_funcs fact_caution\n" in text  # CLI override and recipe key
+    if recipe_in_project:
+        assert "--config train/recipes/factuality.yaml" in text
+    else:
+        assert "--config" not in text and "The recipe `my-recipe.yaml` is not part of hubtools" in text
+
+    # The command, run from the project root on another machine, parses to the same run.
+    command = shlex.split(info["repro_command"].replace("\\\n", " "))
+    assert command[:3] == ["accelerate", "launch", "train/grpo.py"]
+    monkeypatch.chdir(ROOT)
+    again = parse_grpo(command[3:])
+    moved = {"model_name_or_path", "dataset_name", "output_dir", "logging_dir", "hub_token"}
+    for before, after in zip(args, again):
+        fields = [f.name for f in dataclasses.fields(before) if f.name not in moved]
+        assert [getattr(before, f) for f in fields] == [getattr(after, f) for f in fields]
+
+
+def test_code_version_of_a_checkout_and_outside_one(tmp_path, monkeypatch):
+    import train.grpo as grpo
+    monkeypatch.setattr(grpo, "ROOT", tmp_path)
+    assert grpo.code_version() == (importlib.metadata.version("hubtools"), "unknown", False)  # not a checkout
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                              check=True, capture_output=True, text=True).stdout.strip()
+    git("init", "-q")
+    (tmp_path / "f.py").write_text("a = 1\n")
+    git("add", "f.py")
+    git("commit", "-q", "-m", "x")
+    assert grpo.code_version()[1:] == (git("rev-parse", "HEAD"), False)
+    (tmp_path / "f.py").write_text("a = 2\n")
+    assert grpo.code_version()[1:] == (git("rev-parse", "HEAD"), True)
+    monkeypatch.setenv("PATH", str(tmp_path / "no-git-here"))
+    assert grpo.code_version()[1] == "unknown"
+
+
+FAKE = {  # stand-ins for the cluster's commands: record argv (NUL-separated) and the HF_* environment
+    "scontrol": 'printf "%s\\n" node-1 node-2 node-3',
+    "srun": 'echo "$*" >> "$LOG/srun.log"; while [[ $1 == -* ]]; do shift; done; SLURM_PROCID=0 exec "$@"',
+    "trl": 'printf "%s\\0" "$@" > "$LOG/trl.args"',
+    # like the real trainers, wait for the server to be up
+    "accelerate": 'for _ in $(seq 100); do [[ -f $LOG/trl.args ]] && break; sleep 0.1; done\n'
+                  'printf "%s\\0" "$@" > "$LOG/accelerate.args"; env | grep ^HF_ > "$LOG/accelerate.env"',
+}
+
+
+def test_slurm_script_launches_real_flags(tmp_path):
+    """train/slurm/grpo.slurm with srun/scontrol faked: the last node serves vLLM, the others train, and
+    every flag it passes exists in accelerate's, TRL vllm-serve's and train/grpo.py's real parsers."""
+    from accelerate.commands.launch import launch_command_parser
+    from trl.scripts.vllm_serve import make_parser
+
+    script = ROOT / "train" / "slurm" / "grpo.slurm"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in FAKE.items():
+        (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}:{Path(sys.executable).parent}:/usr/bin:/bin", LOG=str(tmp_path),
+               SLURM_JOB_NODELIST="node-[1-3]", GPUS_PER_NODE="4", VLLM_TP="2",
+               HF_ENDPOINT="http://hub.internal:7860")
+    env.pop("HF_HUB_DISABLE_XET", None)
+    out = subprocess.run(["bash", str(script), "train/recipes/factuality.yaml", "--model_name_or_path",
+                          "Qwen/Qwen3-0.6B", "--max_steps", "7"], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+
+    srun = (tmp_path / "srun.log").read_text()
+    assert "--nodelist=node-3 trl vllm-serve" in srun and "--nodelist=node-1,node-2 " in srun
+    serve = (tmp_path / "trl.args").read_text().split("\0")[:-1]
+    assert serve[0] == "vllm-serve"
+    (vllm,) = make_parser().parse_args_and_config(serve[1:])
+    assert (vllm.model, vllm.tensor_parallel_size, vllm.port) == ("Qwen/Qwen3-0.6B", 2, 8000)
+
+    launch = (tmp_path / "accelerate.args").read_text().split("\0")[:-1]
+    assert launch[0] == "launch"
+    acc = launch_command_parser().parse_args(launch[1:])
+    assert (acc.config_file, acc.num_machines, acc.num_processes, acc.main_process_ip, acc.machine_rank) == \
+        ("train/accelerate/zero3.yaml", 2, 8, "node-1", 0)
+    assert acc.training_script == "train/grpo.py"
+    script_args, training_args, model_args = parse_grpo(acc.training_script_args)
+    assert (training_args.use_vllm, training_args.vllm_mode, training_args.vllm_server_host,
+            training_args.vllm_server_port) == (True, "server", "node-3", 8000)
+    assert model_args.model_name_or_path == "Qwen/Qwen3-0.6B" and training_args.max_steps == 7
+    assert script_args.reward_funcs == ["fact_caution"]  # the recipe's keys still apply
+    hf_env = (tmp_path / "accelerate.env").read_text().split()
+    assert "HF_ENDPOINT=http://hub.internal:7860" in hf_env and "HF_HUB_DISABLE_XET=1" in hf_env

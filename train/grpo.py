@@ -9,15 +9,18 @@ The recipe is parsed like open-r1's, by TRL's parser: script arguments (below) +
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 import re
 import shlex
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python train/grpo.py` from a checkout
+ROOT = Path(__file__).resolve().parents[1]  # the project: cards name paths relative to it
+sys.path.insert(0, str(ROOT))  # `python train/grpo.py` from a checkout
 
 import hubtools  # noqa: E402,F401  (Xet off for a local endpoint, before HF imports)
 from hubtools.redact import redact_argv  # noqa: E402
@@ -97,28 +100,102 @@ def load_train_dataset(args: ScriptArguments):
     return ds[args.dataset_train_split]
 
 
-def recipe_flags(argv: list[str]) -> list[str]:
-    """The exact flags of this run, one `--key value` per line: the recipe's keys, overridden by the CLI's."""
-    import yaml
-    flags: dict[str, str] = {}
-    rest = list(argv)
-    if "--config" in rest:
-        i = rest.index("--config")
-        for key, value in (yaml.safe_load(Path(rest[i + 1]).read_text()) or {}).items():
-            if isinstance(value, list):
-                value = " ".join(shlex.quote(str(v)) for v in value)
-            elif isinstance(value, bool):
-                value = str(value).lower()
-            flags[key] = str(value)
-        del rest[i:i + 2]
+def code_version() -> tuple[str, str, bool]:
+    """(hubtools version, git commit, dirty tree) of the code that runs: which code a card's command
+    needs. The commit is "unknown" outside a git checkout of this project; never fails."""
+    try:
+        version = importlib.metadata.version("hubtools")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=30,
+                              check=True).stdout.strip()
+    try:
+        if Path(git("rev-parse", "--show-toplevel")).resolve() == ROOT:  # not a repo that merely encloses it
+            return version, git("rev-parse", "HEAD"), bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return version, "unknown", False
+
+
+def hub_id(name: str) -> str | None:
+    """The Hub id a model or dataset can be fetched by elsewhere: the packaged SmolLM2's local folder is
+    its Hub repo; any other local folder (or absolute path) has none."""
+    from hubtools.models import SMOLLM2_REPO, smollm2_cache_dir
+    if Path(name).resolve() == smollm2_cache_dir().resolve():
+        return SMOLLM2_REPO
+    return None if os.path.isdir(name) or os.path.isabs(name) else name
+
+
+def _portable(key: str, value: str) -> tuple[str, str | None]:
+    """A flag value as it works on another machine, plus a note when it cannot: a path of this machine
+    becomes project-relative, `runs/<name>` (output_dir) or a `path/to/<name>` placeholder (noted)."""
+    if key in ("model_name_or_path", "dataset_name"):
+        if hub := hub_id(value):
+            return hub, None
+        name = Path(value).name
+        return f"path/to/{name}", f"`--{key}` was a local folder (`{name}`), not a Hub repo: pass your copy."
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        return value, None
+    if path.resolve().is_relative_to(ROOT):
+        return path.resolve().relative_to(ROOT).as_posix(), None
+    if key == "output_dir":
+        return f"runs/{path.name}", None
+    return f"path/to/{path.name}", f"`--{key}` was a local path (`{path.name}`) of the training machine: pass yours."
+
+
+def _flags(tokens: list[str]) -> dict[str, list[str]]:
+    """`--key value...` / `--key=value` tokens → {key: values}; a later key overrides an earlier one."""
+    flags: dict[str, list[str]] = {}
     key = None
-    for token in redact_argv(rest):
+    for token in tokens:
         if token.startswith("--"):
             key, _, value = token[2:].partition("=")
-            flags[key] = shlex.quote(value) if value else ""
+            flags[key] = [value] if value else []
         elif key is not None:
-            flags[key] = (flags[key] + " " + shlex.quote(token)).strip()
-    return [f"--{k} {v}".rstrip() for k, v in flags.items()]
+            flags[key].append(token)
+    return flags
+
+
+def reproduction(argv: list[str]) -> dict:
+    """The card's command and exact flags (recipe keys overridden by the CLI's) in a form that reruns
+    on another machine: recipe path relative to the project, Hub ids, no local paths, no secrets."""
+    import yaml
+    cli = list(argv)
+    recipe, recipe_tokens = None, []
+    if "--config" in cli:
+        i = cli.index("--config")
+        recipe = Path(cli[i + 1]).resolve()
+        del cli[i:i + 2]
+        for key, value in (yaml.safe_load(recipe.read_text()) or {}).items():
+            values = value if isinstance(value, list) else [value]
+            recipe_tokens += [f"--{key}", *(str(v).lower() if isinstance(v, bool) else str(v) for v in values)]
+    notes: list[str] = []
+
+    def portable(tokens: list[str]) -> dict[str, list[str]]:
+        flags = _flags(redact_argv(tokens))
+        for key, values in flags.items():
+            if len(values) == 1:
+                values[0], note = _portable(key, values[0])
+                if note and note not in notes:
+                    notes.append(note)
+        return flags
+
+    merged, overrides = portable(recipe_tokens + cli), portable(cli)
+    if recipe is None:
+        shown = overrides
+    elif recipe.is_relative_to(ROOT):
+        shown = {"config": [recipe.relative_to(ROOT).as_posix()]} | overrides
+    else:
+        shown = merged
+        notes.append(f"The recipe `{recipe.name}` is not part of hubtools: all its keys are spelled out as flags.")
+
+    def line(key: str, values: list[str]) -> str:
+        return " ".join([f"--{key}", *map(shlex.quote, values)])
+    command = " \\\n    ".join(["accelerate launch train/grpo.py", *(line(k, v) for k, v in shown.items())])
+    return {"repro_command": command, "repro_flags": [line(k, v) for k, v in merged.items()], "repro_notes": notes}
 
 
 def _plain(value) -> str:
@@ -129,10 +206,7 @@ def _plain(value) -> str:
 def build_card_info(script_args, training_args, model_args, reward_names: list[str], world_size: int,
                     argv: list[str]) -> dict:
     """Run facts for the step cards (see examples/seed004_run.yaml for the keys)."""
-    from hubtools.models import SMOLLM2_REPO, smollm2_cache_dir
-    base = model_args.model_name_or_path
-    base_id = SMOLLM2_REPO if Path(base) == smollm2_cache_dir() else base
-    local_base = os.path.isdir(base_id)  # not a Hub id: kept out of the `base_model` metadata
+    base_id = hub_id(model_args.model_name_or_path)  # None: a local folder, kept out of `base_model`
     weights = training_args.reward_weights or [1.0] * len(reward_names)
     lora = model_args.use_peft
     parallel = f"{world_size} process(es)"
@@ -140,8 +214,6 @@ def build_card_info(script_args, training_args, model_args, reward_names: list[s
         parallel += ", DeepSpeed"
     context = {"max_completion_length": training_args.max_completion_length}
     notes = list(script_args.card_notes)
-    if local_base:
-        notes.append(f"Base model: a local folder (`{os.path.basename(base_id.rstrip('/'))}`), not a Hub repo.")
     if training_args.beta == 0:
         notes.append("No KL penalty (beta = 0), so no reference model was loaded.")
     if lora:
@@ -150,15 +222,21 @@ def build_card_info(script_args, training_args, model_args, reward_names: list[s
     if not script_args.publish_optimizer_states:
         notes.append("Optimizer/scheduler/RNG states are not published: resuming from this revision "
                      "restarts the optimizer (set publish_optimizer_states: true for exact resumes).")
-    command = "accelerate launch train/grpo.py " + " ".join(shlex.quote(a) for a in redact_argv(argv))
+    version, commit, dirty = code_version()
+    repro = reproduction(argv)
+    if dirty:
+        repro["repro_notes"].append("The checkout had uncommitted changes: the code that ran may differ from "
+                                    "that commit.")
     return {
-        "summary": f"{os.path.basename(base_id.rstrip('/'))} trained with GRPO on {script_args.task}",
+        "summary": f"{Path(base_id or model_args.model_name_or_path).name} trained on {script_args.task}",
         "license": script_args.card_license, "pipeline_tag": "text-generation",
         "library_name": "peft" if lora else "transformers",
         "tags": ["grpo", "trl", "hubtools", script_args.task] + (["lora"] if lora else []),
-        **({} if local_base else {"base_model": base_id}), "algorithm": "GRPO", "algorithm_script": "train/grpo.py",
-        "algorithm_repo": "hubtools (TRL GRPOTrainer)", "task": script_args.task,
-        "dataset": script_args.dataset_name, "dataset_split": script_args.dataset_train_split,
+        **({"base_model": base_id} if base_id else {}),
+        "algorithm": "GRPO", "algorithm_trainer": "TRL `GRPOTrainer`", "algorithm_script": "train/grpo.py",
+        "algorithm_repo": f"hubtools {version}" + (f" @ {commit[:7]}" if commit != "unknown" else ""),
+        "task": script_args.task,
+        "dataset": hub_id(script_args.dataset_name), "dataset_split": script_args.dataset_train_split,
         "reward_description": "; ".join(f"`{n}`: {REWARD_TEXT.get(n.split('_then_')[0], n)}" for n in reward_names)
         if not script_args.reward_schedule else
         f"rewards in sequence (`{script_args.reward_schedule}`): " +
@@ -176,7 +254,10 @@ def build_card_info(script_args, training_args, model_args, reward_names: list[s
         "output_format": OUTPUT_FORMAT.get(script_args.task, ""),
         "intended_use": script_args.intended_use or "Research checkpoint for studying GRPO training dynamics; "
                                                    "not evaluated for production use.",
-        "repro_command": command, "repro_flags": recipe_flags(argv), "notes": notes,
+        "repro_script": "train/grpo.py",
+        "repro_script_note": f"hubtools {version}, commit " + (f"`{commit}`" if commit != "unknown" else "unknown")
+                             + "; run the command from the project root",
+        **repro, "notes": notes,
     }
 
 

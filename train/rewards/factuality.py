@@ -7,9 +7,12 @@ question, which keys the group).
 `fact_caution`, over the group of samples of one prompt:
   * some sample is CORRECT  → CORRECT 1.0, process-correct 0.5, others 0;
   * no sample is CORRECT    → NOT_ATTEMPTED (`\\boxed{Unknown}`, "I don't know", …) 1.0, others 0.
-Process-correct means the final answer is wrong or missing but a gold alias already appears in the
-reasoning before it (`hubtools.scoring.reasoning_reaches_gold`). It earns credit only in groups
-where someone got it right, so an all-wrong group never gets a shaped, noisy spread from it.
+Process-correct means the grade is INCORRECT (the final answer is a wrong attempt or missing; an
+abstention never earns it, else "name the gold in the reasoning, then box Unknown" would pay
+whether or not the group has a correct sample) and the reasoning commits to the gold: its last
+committing sentence names the gold and only the gold (`hubtools.scoring.reasoning_reaches_gold`),
+so listing candidates earns nothing. It earns credit only in groups where someone got it right,
+so an all-wrong group never gets a shaped, noisy spread from it.
 
 `fact` and `caution` split the rule in two, to be used alone, summed, or in sequence (`staged`):
   * fact: CORRECT 1.0, process-correct 0.5, others 0 (per sample, no group condition);
@@ -45,7 +48,7 @@ def _grades(completions, answers, answerable) -> list[tuple[Grade, bool]]:
         text, golds = completion_text(c), answers[i]
         ok = True if answerable is None else bool(answerable[i])
         grade = grade_answer(text, golds, answerable=ok)
-        out.append((grade, ok and grade is not Grade.CORRECT and reasoning_reaches_gold(text, golds)))
+        out.append((grade, ok and grade is Grade.INCORRECT and reasoning_reaches_gold(text, golds)))
     return out
 
 
