@@ -14,7 +14,8 @@ def _hub_serve(args) -> int:
     from hubtools.localhub.server import serve
     timeouts = {k: v for k, v in (("header_timeout", args.header_timeout), ("body_timeout", args.body_timeout))
                 if v is not None}
-    serve(args.root, args.host, args.port, args.token or os.environ.get("HUBTOOLS_HUB_TOKEN"), **timeouts)
+    serve(args.root, args.host, args.port, args.token or os.environ.get("HUBTOOLS_HUB_TOKEN"),
+          allowed_hosts=args.allowed_host, **timeouts)
     return 0
 
 
@@ -111,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=7860, help="port (default 7860; 0 picks a free one)")
     s.add_argument("--token", help="token required for writes and private reads "
                                    "(or set HUBTOOLS_HUB_TOKEN, which keeps it out of `ps`)")
+    s.add_argument("--allowed-host", action="append", metavar="NAME",
+                   help="a Host name clients use to reach the hub (repeatable). Bound to loopback, only "
+                        "loopback names are answered unless listed here; bound elsewhere, any name is "
+                        "answered unless this is given")
     s.add_argument("--header-timeout", type=float,
                    help="seconds a client has to send a request's headers (default 30)")
     s.add_argument("--body-timeout", type=float,
@@ -152,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Render a Hub card (YAML metadata + body) from a run-info YAML "
                                       "file. Secrets in flags or commands are replaced by a placeholder.")
     card.add_argument("kind", choices=["model", "dataset"])
-    card.add_argument("info", help="run-info YAML (see examples/seed004_run.yaml)")
+    card.add_argument("info", help="run-info YAML (see examples/grpo_step_card.yaml)")
     card.add_argument("-o", "--output", help="file to write (default: stdout)")
     card.set_defaults(func=_card)
     from dataset_builders.registry import BUILDERS, get_builder

@@ -175,7 +175,7 @@ def test_killed_mid_commit_leaves_previous_revision_intact(tmp_path):
                                                       "content": base64.b64encode(b"v2").decode()}})]
         body = ("\n".join(lines) + "\n").encode()
         sock = socket.create_connection(("127.0.0.1", hub.port))
-        sock.sendall((f"POST /api/models/crash/repo/commit/main HTTP/1.1\r\nHost: x\r\n"
+        sock.sendall((f"POST /api/models/crash/repo/commit/main HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                       f"Authorization: Bearer {HUB_TOKEN}\r\nContent-Type: application/x-ndjson\r\n"
                       f"Content-Length: {len(body) + 10_000}\r\n\r\n").encode() + body)
         time.sleep(0.5)

@@ -43,7 +43,7 @@ def _status(answer: bytes) -> int:
 
 def _request(method: str, path: str, body: bytes = b"", headers: str = AUTH, close: bool = True) -> bytes:
     conn = "Connection: close\r\n" if close else ""
-    return (f"{method} {path} HTTP/1.1\r\nHost: x\r\n{headers}{conn}Content-Length: {len(body)}\r\n\r\n").encode() + body
+    return (f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}{conn}Content-Length: {len(body)}\r\n\r\n").encode() + body
 
 
 def _commit(port: int, repo: str, lines: list, rev: str = "main") -> bytes:
@@ -97,7 +97,7 @@ def test_negative_content_length_is_answered_at_once(hub, repo):
     for framing in ("Content-Length: -1\r\n", "Transfer-Encoding: chunked\r\n"):
         body = b"" if "Length" in framing else b"-5\r\nabc\r\n"
         t = time.time()
-        answer = _raw(hub.port, (f"POST /api/models/{repo}/commit/main HTTP/1.1\r\nHost: x\r\n{AUTH}{framing}\r\n"
+        answer = _raw(hub.port, (f"POST /api/models/{repo}/commit/main HTTP/1.1\r\nHost: 127.0.0.1\r\n{AUTH}{framing}\r\n"
                                  ).encode() + body, timeout=5)
         assert time.time() - t < 3, "the server waited for a body instead of refusing the framing"
         assert _status(answer) == 400, answer[:200]
@@ -107,12 +107,12 @@ def test_oversized_bodies_are_refused_with_memory_flat(hub, repo):
     pid = hub.proc.pid
     before = _rss_mib(pid)
     # Declared too big: refused before a byte of body is read, and the connection closes.
-    answer = _raw(hub.port, (f"POST /api/models/{repo}/preupload/main HTTP/1.1\r\nHost: x\r\n{AUTH}"
+    answer = _raw(hub.port, (f"POST /api/models/{repo}/preupload/main HTTP/1.1\r\nHost: 127.0.0.1\r\n{AUTH}"
                              f"Content-Type: application/json\r\nContent-Length: {200 << 20}\r\n\r\n").encode())
     assert _status(answer) == 413 and b"connection: close" in answer.lower()
     # Chunked, never ending: cut off at the JSON limit.
     with socket.create_connection(("127.0.0.1", hub.port), timeout=10) as s:
-        s.sendall((f"POST /api/models/{repo}/preupload/main HTTP/1.1\r\nHost: x\r\n{AUTH}"
+        s.sendall((f"POST /api/models/{repo}/preupload/main HTTP/1.1\r\nHost: 127.0.0.1\r\n{AUTH}"
                    "Transfer-Encoding: chunked\r\n\r\n").encode())
         chunk = b"%x\r\n%s\r\n" % (1 << 20, b"[" * (1 << 20))
         try:
@@ -123,7 +123,7 @@ def test_oversized_bodies_are_refused_with_memory_flat(hub, repo):
         assert _status(s.recv(65536)) == 413
     # One commit line of 200 MiB without a newline: refused at the line limit, not buffered.
     with socket.create_connection(("127.0.0.1", hub.port), timeout=10) as s:
-        s.sendall((f"POST /api/models/{repo}/commit/main HTTP/1.1\r\nHost: x\r\n{AUTH}"
+        s.sendall((f"POST /api/models/{repo}/commit/main HTTP/1.1\r\nHost: 127.0.0.1\r\n{AUTH}"
                    f"Content-Length: {200 << 20}\r\n\r\n").encode())
         block = b'{"key":"file","value":{"path":"a","content":"' + b"A" * (1 << 20)
         sent = 0
@@ -186,7 +186,7 @@ def test_malformed_commit_lines_answer_400(hub, repo, api, case):
 
 
 def test_bad_headers_and_query_values_answer_4xx(hub, repo):
-    answer = _raw(hub.port, "GET /api/whoami-v2 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tökén\r\n"
+    answer = _raw(hub.port, "GET /api/whoami-v2 HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer tökén\r\n"
                             "Connection: close\r\n\r\n".encode("utf-8"))
     assert _status(answer) == 401
     answer = _raw(hub.port, _request("PUT", f"/_lfs/models/{repo}/{'a' * 64}?expires=soon&size=1&sig=x", b"x"))
@@ -221,10 +221,10 @@ def test_stalled_clients_time_out(tmp_path):
     try:
         HfApi(endpoint=h.url, token=HUB_TOKEN).create_repo("slow/repo")
         t = time.time()
-        answer = _raw(h.port, b"GET /api/models HTTP/1.1\r\nHost: x\r\n", timeout=10)  # headers never end
+        answer = _raw(h.port, b"GET /api/models HTTP/1.1\r\nHost: 127.0.0.1\r\n", timeout=10)  # headers never end
         assert _status(answer) == 408 and time.time() - t < 5
         t = time.time()
-        answer = _raw(h.port, (f"POST /api/models/slow/repo/commit/main HTTP/1.1\r\nHost: x\r\n{AUTH}"
+        answer = _raw(h.port, (f"POST /api/models/slow/repo/commit/main HTTP/1.1\r\nHost: 127.0.0.1\r\n{AUTH}"
                                "Content-Length: 1000\r\n\r\n{").encode(), timeout=10)
         assert _status(answer) == 408 and time.time() - t < 5
         assert not any((tmp_path / "slow-hub" / "tmp").iterdir())
@@ -255,3 +255,114 @@ def test_revision_with_a_slash_is_one_segment(hub, repo, api):
     assert open(hf_hub_download(repo, "w.txt", revision="exp/lr-1e-5")).read() == "exp"
     with pytest.raises(RevisionNotFoundError):
         hf_hub_download(repo, "w.txt", revision="exp/nope")
+
+
+# -- found by a second review of the new server ------------------------------------------------
+def test_pipelined_requests_never_read_cannot_grow_memory(hub):
+    pid = hub.proc.pid
+    before = _rss_mib(pid)
+    data = b"GET /api/models/nope/nope HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * 20000
+    with socket.create_connection(("127.0.0.1", hub.port), timeout=5) as s:
+        s.setblocking(False)
+        sent, deadline = 0, time.time() + 5
+        while time.time() < deadline and sent < 30 * len(data):
+            try:
+                sent += s.send(data[sent % len(data):])
+            except BlockingIOError:
+                time.sleep(0.05)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+    assert _rss_mib(pid) - before < 60
+    assert _status(_raw(hub.port, _request("GET", "/api/models", headers=""))) == 200
+
+
+def test_web_pages_cannot_write_and_foreign_hosts_get_nothing(hub, repo, api):
+    for extra in ("Origin: http://evil.example\r\n", "Origin: null\r\n", "Sec-Fetch-Site: cross-site\r\n"):
+        body = json.dumps({"key": "header", "value": {"summary": "pwned"}}).encode()
+        answer = _raw(hub.port, _request("POST", f"/api/models/{repo}/commit/main", body,
+                                         AUTH + extra + "Content-Type: text/plain\r\n"))
+        assert _status(answer) == 403, extra
+    same = (f"POST /api/models/{repo}/branch/from-same-origin HTTP/1.1\r\nHost: 127.0.0.1:{hub.port}\r\n{AUTH}"
+            f"Origin: http://127.0.0.1:{hub.port}\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{{}}")
+    assert _status(_raw(hub.port, same.encode())) == 200  # a same-origin write is not refused
+    answer = _raw(hub.port, b"GET /api/models HTTP/1.1\r\nHost: rebind.evil.example\r\nConnection: close\r\n\r\n")
+    assert _status(answer) == 403
+    assert [c.title for c in api.list_repo_commits(repo)][0] != "pwned"
+
+
+def test_header_count_is_limited(hub):
+    answer = _raw(hub.port, b"GET /api/models HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"a:\r\n" * 500 + b"\r\n")
+    assert _status(answer) == 400
+
+
+@pytest.mark.parametrize("body", [b'{"paths": ' + b"1" * 5000 + b"}", b"[" * 100000 + b"]" * 100000,
+                                  b'{"paths": ["\\ud800"]}', b'{"tag": "\\ud800"}'],
+                         ids=["huge-int", "deep-nesting", "surrogate-path", "surrogate-tag"])
+def test_hostile_json_answers_400(hub, repo, body):
+    for path in (f"/api/models/{repo}/paths-info/main", f"/api/models/{repo}/tag/main"):
+        answer = _raw(hub.port, _request("POST", path, body, AUTH + "Content-Type: application/json\r\n"))
+        assert _status(answer) == 400, (path, answer[:200])
+
+
+def test_paths_info_is_bounded(hub, repo):
+    many = json.dumps({"paths": [f"p{i}" for i in range(5000)]}).encode()
+    assert _status(_raw(hub.port, _request("POST", f"/api/models/{repo}/paths-info/main", many))) in (400, 413)
+    # An unknown repo is refused before a byte of body is read.
+    answer = _raw(hub.port, (f"POST /api/models/no/such-repo/paths-info/main HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                             f"Content-Length: {1 << 20}\r\n\r\n").encode(), timeout=5)
+    assert _status(answer) in (401, 404)
+
+
+def test_card_metadata_is_always_json(hub, api, repo_name):
+    api.create_repo(repo_name)
+    api.upload_file(path_or_fileobj=b"---\nlicense: mit\ndate: 2024-01-01\nscore: .nan\n---\n# card\n",
+                    path_in_repo="README.md", repo_id=repo_name)
+    data = api.model_info(repo_name).card_data
+    assert data["date"] == "2024-01-01" and data["license"] == "mit"
+    bomb = "---\nl0: &l0 [1,1,1,1,1,1,1,1,1,1]\n" + "".join(
+        f"l{i}: &l{i} [{','.join([f'*l{i - 1}'] * 10)}]\n" for i in range(1, 8)) + "---\n# bomb\n"
+    api.upload_file(path_or_fileobj=bomb.encode(), path_in_repo="README.md", repo_id=repo_name)
+    t = time.time()
+    assert api.model_info(repo_name).card_data in (None, {}) and time.time() - t < 5
+
+
+def test_tree_listing_is_paginated(hub, api, repo_name):
+    api.create_repo(repo_name)
+    data = b"same bytes"
+    api.upload_file(path_or_fileobj=data, path_in_repo="seed.bin", repo_id=repo_name)
+    oid = hashlib.sha256(data).hexdigest()
+    lines = [{"key": "header", "value": {"summary": "many files"}}] + [
+        {"key": "lfsFile", "value": {"path": f"d/f{i:05d}.bin", "oid": oid}} for i in range(2500)]
+    assert _status(_commit(hub.port, repo_name, lines)) == 200
+    answer = _raw(hub.port, _request("GET", f"/api/models/{repo_name}/tree/main/d", headers=""))
+    assert _status(answer) == 200 and b'rel="next"' in answer.lower() or b"rel=\"next\"" in answer
+    assert len(json.loads(answer.split(b"\r\n\r\n", 1)[1])) == 1000
+    assert len(api.list_repo_files(repo_name)) == 2502  # the client follows the Link header
+
+
+def test_anonymous_cannot_tell_private_from_missing(hub, api, repo_name):
+    api.create_repo(repo_name, private=True)
+    anon = [_status(_raw(hub.port, _request("GET", f"/api/models/{r}", headers="")))
+            for r in (repo_name, repo_name + "-missing")]
+    assert anon == [401, 401]
+
+
+def test_ref_names_git_refuses_and_percent_names(hub, repo, api):
+    sha = api.list_repo_refs(repo).branches[0].target_commit
+    for bad in (sha.upper(), "HEAD", "-x"):
+        with pytest.raises(HfHubHTTPError) as e:
+            api.create_branch(repo, branch=bad)
+        assert e.value.response.status_code == 400, bad
+    api.create_branch(repo, branch="x/y")
+    api.create_branch(repo, branch="x%2Fy")  # a literal %2F is its own branch, not x/y
+    api.upload_file(path_or_fileobj=b"pct", path_in_repo="w.txt", repo_id=repo, revision="x%2Fy")
+    assert open(hf_hub_download(repo, "w.txt", revision="x/y")).read() == "v1"
+    assert open(hf_hub_download(repo, "w.txt", revision="x%2Fy")).read() == "pct"
+
+
+def test_invalid_range_is_ignored(hub, repo):
+    for rng in ("items=0-1", "bytes=4-2", ""):
+        answer = _raw(hub.port, _request("GET", f"/{repo}/resolve/main/w.txt", headers=f"Range: {rng}\r\n"))
+        assert _status(answer) == 200 and answer.endswith(b"v1"), rng
+    answer = _raw(hub.port, _request("GET", f"/{repo}/resolve/main/w.txt", headers="Range: bytes=1-1\r\n"))
+    assert _status(answer) == 206 and answer.endswith(b"1")

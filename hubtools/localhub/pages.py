@@ -10,6 +10,7 @@ looks exactly like a missing one.
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import json
 import math
 import posixpath
@@ -28,10 +29,12 @@ from starlette.routing import BaseRoute, Route
 from hubtools.localhub.store import HubError, Repo, Store
 
 PREVIEW_ROWS = 10
+PREVIEW_DECODE_LIMIT = 64 << 20  # bytes a preview may decode (a tiny file can hold a huge page)
 CELL_LIMIT = 300  # characters shown per dataset cell
 COMMITS_SHOWN = 100
+FILES_SHOWN = 1000  # rows of the file table (the API lists them all, page by page)
 _STEP_RE = re.compile(r"^step-(\d+)$")
-_CSP = ("default-src 'none'; img-src * data:; style-src 'unsafe-inline'; base-uri 'none'; "
+_CSP = ("default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; base-uri 'none'; "
         "form-action 'none'; frame-ancestors 'none'")
 _ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
                           autoescape=True, trim_blocks=True, lstrip_blocks=True)
@@ -89,7 +92,7 @@ def page_routes(store: Store, can_read: Callable[[Request, Repo], bool]) -> list
     def repo_page(repo_type: str) -> Callable[[Request], tuple[str, dict]]:
         def build(request: Request) -> tuple[str, dict]:
             repo = repo_for(request, repo_type)
-            rev = request.path_params.get("rev", "main").replace("%2F", "/")  # the server keeps %2F encoded
+            rev = unquote(request.path_params.get("rev", "main"))  # routing kept %2F and %25 quoted
             try:
                 oid = store.resolve(repo, rev)
             except HubError:
@@ -102,8 +105,9 @@ def page_routes(store: Store, can_read: Callable[[Request, Repo], bool]) -> list
                 "crumbs": [(repo.repo_id, _repo_url(repo)), (rev, _tree_url(repo, rev))],
                 "meta": _meta_rows(meta), "card": _render_card(body, _resolve_url(repo, rev, "")),
                 "readme": "README.md" in files,
-                "files": [{"path": f.path, "size": _size(f.size), "lfs": f.lfs,
-                           "url": _resolve_url(repo, rev, f.path)} for f in files.values()],
+                "files": [{"path": f.path, "size": _size(f.size), "lfs": f.lfs, "url": _resolve_url(repo, rev, f.path)}
+                          for f in itertools.islice(files.values(), FILES_SHOWN)],
+                "file_count": len(files),
                 "refs": {kind: [(name, _tree_url(repo, name)) for name in names] for kind, names in refs.items()},
                 "commits": [{"title": c["title"], "short": c["oid"][:7], "oid": c["oid"], "date": _date(c["date"]),
                              "url": _tree_url(repo, c["oid"])} for c in store.history(oid)[:COMMITS_SHOWN]],
@@ -216,6 +220,12 @@ def _previews(store: Store, files: dict, meta: dict) -> list[dict]:
             try:
                 parquet = pq.ParquetFile(store.blob_path(files[paths[0]].sha256))
                 preview["columns"] = parquet.schema_arrow.names
+                meta_ = parquet.metadata
+                first = meta_.row_group(0) if meta_.num_row_groups else None
+                if first is not None and sum(first.column(i).total_uncompressed_size
+                                             for i in range(first.num_columns)) > PREVIEW_DECODE_LIMIT:
+                    raise ValueError(f"its first row group decodes to over {PREVIEW_DECODE_LIMIT >> 20} MiB; "
+                                     "no preview (a file written by `datasets` keeps row groups small)")
                 batch = next(parquet.iter_batches(batch_size=PREVIEW_ROWS), None)
                 columns = [column.to_pylist() for column in batch.columns] if batch is not None else []
                 preview["rows"] = [[_cell(v) for v in row] for row in zip(*columns)]

@@ -28,7 +28,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Any, AsyncIterator, Literal
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, urlsplit
 
 import uvicorn
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -40,7 +40,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from hubtools.localhub.store import HubError, Repo, Store, check_oid, git_blob_sha1, lfs_pointer
+from hubtools.localhub.store import HubError, Repo, Store, check_oid, check_path, git_blob_sha1, lfs_pointer
 
 log = logging.getLogger("hubtools.hub")
 USER = "local"
@@ -53,7 +53,14 @@ MEMORY_BUDGET = 128 << 20        # bytes of request bodies held in memory, all r
 BODY_IDLE_TIMEOUT = 60.0         # seconds a body may stall between two reads
 HEADER_TIMEOUT = 30.0            # seconds to send a request's line and headers
 HEADER_LIMIT = 64 << 10          # bytes of request line + headers
+HEADER_COUNT = 100               # header lines per request
+PIPELINE_LIMIT = 16              # requests a client may queue on one connection before it is closed
+WRITE_TIMEOUT = 60.0             # seconds a client may leave our answer unread
+PATHS_INFO_LIMIT = 1000          # paths per paths-info request
+TREE_PAGE = 1000                 # entries per tree listing page (the rest via a Link: rel="next" header)
+COMMIT_OPS_LIMIT = 25_000        # operations in one commit
 MAX_CONNECTIONS = 256
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
 # -- request models: what a client may send -------------------------------------------------
@@ -200,7 +207,13 @@ class Hub:
             raise HubError(404, f"Unknown repo type {p['t']!r}")
         if write:
             self.require_write(request)
-        r = self.store.get_repo(repo_type, f"{p['ns']}/{p['name']}")
+        repo_id = f"{p['ns']}/{p['name']}"
+        try:
+            r = self.store.get_repo(repo_type, repo_id)
+        except HubError:
+            if not self.authorized(request):  # as on the Hub: a private repo and no repo look alike
+                raise HubError(401, f"Repository not found: {repo_id}", "RepoNotFound") from None
+            raise
         if not self.can_read(request, r):
             raise HubError(401, f"Repository not found: {r.repo_id}", "RepoNotFound")
         return r
@@ -214,9 +227,13 @@ def _hub(request: Request) -> Hub:
     return request.app.state.hub
 
 
-def _rev(request: Request, key: str = "rev") -> str:
-    """A revision path parameter; `/` arrives quoted as %2F (see `_KeepEncodedSlashes`)."""
-    return request.path_params[key].replace("%2F", "/")
+def param(request: Request, key: str) -> str:
+    """A path parameter, decoded: routing saw `/` and `%` still quoted (see `_Guard`)."""
+    return unquote(request.path_params[key])
+
+
+def _rev(request: Request) -> str:
+    return param(request, "rev")
 
 
 def _base_url(request: Request) -> str:
@@ -267,13 +284,19 @@ async def _read_body(request: Request, limit: int = JSON_LIMIT) -> bytes:
         hub.budget.give(len(buf))
 
 
-async def _json(request: Request, model: type[BaseModel]) -> Any:
-    raw = await _read_body(request)
+def parse_json(raw: bytes, where: str = "request body") -> Any:
+    """JSON from a client: anything unparsable, too deep, a number over Python's digit limit or a
+    string holding a lone surrogate (it cannot be stored as UTF-8) is a 400 naming `where`."""
     try:
-        data = json.loads(raw or b"{}")
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise HubError(400, f"Request body is not JSON: {e}") from None
-    return _validated(model, data)
+        data = json.loads(raw)
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except (ValueError, UnicodeError, RecursionError) as e:  # JSONDecodeError is a ValueError
+        raise HubError(400, f"Invalid {where}: not valid JSON ({type(e).__name__}: {str(e)[:200]})") from None
+    return data
+
+
+async def _json(request: Request, model: type[BaseModel], limit: int = JSON_LIMIT) -> Any:
+    return _validated(model, parse_json(await _read_body(request, limit) or b"{}"))
 
 
 # -- errors ---------------------------------------------------------------------------------
@@ -356,7 +379,12 @@ async def whoami(request: Request) -> Response:
 
 
 async def validate_yaml(request: Request) -> Response:
-    await _read_body(request)
+    """Nothing to validate here: the body is drained (clients send it without a token), never kept."""
+    seen = 0
+    async for chunk in _chunks(request):
+        seen += len(chunk)
+        if seen > JSON_LIMIT:
+            raise HubError(413, f"Request body is over the {JSON_LIMIT}-byte limit for this route")
     return JSONResponse({"errors": [], "warnings": []})
 
 
@@ -477,32 +505,49 @@ def _tree(hub: Hub, request: Request, rev: str, path: str) -> list[dict]:
 
 
 async def tree(request: Request) -> Response:
-    path = request.path_params.get("path", "")
-    return JSONResponse(await run_in_threadpool(_tree, _hub(request), request, _rev(request), path))
+    """Pages of TREE_PAGE entries, the next one named in a `Link: <…>; rel="next"` header, as on the
+    Hub (huggingface_hub follows it): one response never holds a 100k-file listing."""
+    path = param(request, "path") if "path" in request.path_params else ""
+    cursor = request.query_params.get("cursor", "0")
+    if not cursor.isdigit():
+        raise HubError(400, "Invalid query: cursor must be a non-negative integer")
+    entries = await run_in_threadpool(_tree, _hub(request), request, _rev(request), path)
+    start = int(cursor)
+    headers = {}
+    if start + TREE_PAGE < len(entries):
+        headers["Link"] = f'<{request.url.include_query_params(cursor=start + TREE_PAGE)}>; rel="next"'
+    return JSONResponse(entries[start:start + TREE_PAGE], headers=headers)
 
 
-def _paths_info(hub: Hub, request: Request, rev: str, paths: list[str]) -> list[dict]:
-    files = hub.store.files(hub.store.resolve(hub.repo(request), rev))
+def _paths_info(hub: Hub, r: Repo, rev: str, paths: list[str]) -> list[dict]:
+    files = hub.store.files(hub.store.resolve(r, rev))
+    dirs: dict[str, list[str]] = {}  # every directory → the oids below it, built once
+    for path, f in files.items():
+        parts = path.split("/")
+        for depth in range(1, len(parts)):
+            dirs.setdefault("/".join(parts[:depth]), []).append(f.oid)
     out = []
-    for p in (p.strip("/") for p in paths):
+    for p in dict.fromkeys(p.strip("/") for p in paths):
         if p in files:
             out.append(files[p].tree_json())
-        elif any(k.startswith(p + "/") for k in files):
-            h = hashlib.sha1("".join(f.oid for k, f in files.items() if k.startswith(p + "/")).encode())
-            out.append({"type": "directory", "oid": h.hexdigest(), "path": p})
+        elif p in dirs:
+            out.append({"type": "directory", "oid": hashlib.sha1("".join(dirs[p]).encode()).hexdigest(), "path": p})
     return out
 
 
 async def paths_info(request: Request) -> Response:
-    form = request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded")
-    if form:  # huggingface_hub sends paths as a form
-        from urllib.parse import parse_qs
-        raw = await _read_body(request)
-        paths = parse_qs(raw.decode("utf-8", "replace")).get("paths", [])
+    hub = _hub(request)
+    r = hub.repo(request)  # before reading a body: an unknown or unreadable repo costs nothing
+    limit = PATHS_INFO_LIMIT * 1100
+    if request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+        from urllib.parse import parse_qs  # huggingface_hub sends the paths as a form
+        paths = parse_qs((await _read_body(request, limit)).decode("utf-8", "replace")).get("paths", [])
     else:
-        paths = (await _json(request, PathsInfo)).paths
+        paths = (await _json(request, PathsInfo, limit)).paths
     paths = [paths] if isinstance(paths, str) else paths
-    return JSONResponse(await run_in_threadpool(_paths_info, _hub(request), request, _rev(request), paths))
+    if len(paths) > PATHS_INFO_LIMIT:
+        raise HubError(400, f"Invalid body: paths: at most {PATHS_INFO_LIMIT} per request")
+    return JSONResponse(await run_in_threadpool(_paths_info, hub, r, _rev(request), paths))
 
 
 # -- uploads --------------------------------------------------------------------------------
@@ -611,15 +656,14 @@ class _CommitParser:
         if not raw.strip():
             return
         where = f"commit line {self.n}"
-        try:
-            data = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise HubError(400, f"Invalid {where}: not JSON ({e})") from None
-        item = _validated(CommitLine, data, where)
+        if self.n > COMMIT_OPS_LIMIT:
+            raise HubError(413, f"A commit holds at most {COMMIT_OPS_LIMIT} operations")
+        item = _validated(CommitLine, parse_json(raw, where), where)
         if item.key == "header":
             self.header = _validated(CommitHeader, item.value, f"{where} (header)")
         elif item.key == "file":
             f = _validated(InlineFile, item.value, f"{where} (file)")
+            check_path(f.path)
             try:
                 content = base64.b64decode(f.content, validate=True) if f.encoding == "base64" \
                     else f.content.encode()
@@ -629,6 +673,7 @@ class _CommitParser:
             self.put[f.path] = (sha, size, False, git_blob_sha1(content))
         elif item.key == "lfsFile":
             f = _validated(LfsFile, item.value, f"{where} (lfsFile)")
+            check_path(f.path)
             path = self.hub.store.blob_path(f.oid)
             try:
                 size = (await run_in_threadpool(os.stat, path)).st_size
@@ -637,6 +682,8 @@ class _CommitParser:
             self.put[f.path] = (f.oid, size, True, git_blob_sha1(lfs_pointer(f.oid, size)))
         else:
             path = _validated(DeletedPath, item.value, f"{where} ({item.key})").path
+            if item.key == "deletedFile" or path.strip("/"):
+                check_path(path.strip("/") if item.key == "deletedFolder" else path)
             (self.delete if item.key == "deletedFile" else self.delete_folders).append(path)
 
 
@@ -680,7 +727,7 @@ class _BlobResponse(FileResponse):
 
 def _resolve_file(hub: Hub, request: Request):
     store, r = hub.store, hub.repo(request)
-    rev, path = _rev(request), request.path_params["path"]
+    rev, path = _rev(request), param(request, "path")
     oid = store.resolve(r, rev)
     f = store.files(oid).get(path)
     if f is None:
@@ -688,11 +735,28 @@ def _resolve_file(hub: Hub, request: Request):
     return oid, f
 
 
+_RANGE = re.compile(r"^bytes=\s*(\d*-\d*)(\s*,\s*\d*-\d*)*\s*$")
+
+
+def _range_is_valid(value: str) -> bool:
+    if not _RANGE.match(value):
+        return False
+    for spec in value.split("=", 1)[1].split(","):
+        first, last = (x.strip() for x in spec.split("-"))
+        if (not first and not last) or (first and last and int(first) > int(last)):
+            return False
+    return True
+
+
 async def resolve(request: Request) -> Response:
-    """A file at a revision; Range and HEAD handled by Starlette's FileResponse."""
+    """A file at a revision; Range and HEAD handled by Starlette's FileResponse. A Range header
+    that is not valid is ignored (RFC 9110): the whole file, 200."""
     hub = _hub(request)
     oid, f = await run_in_threadpool(_resolve_file, hub, request)
-    headers = {"X-Repo-Commit": oid, "ETag": f'"{f.sha256 if f.lfs else f.oid}"'}
+    rng = request.headers.get("range")
+    if rng is not None and not _range_is_valid(rng):
+        request.scope["headers"] = [(k, v) for k, v in request.scope["headers"] if k != b"range"]
+    headers = {"X-Repo-Commit": oid, "ETag": f'"{f.sha256 if f.lfs else f.oid}"', "X-Content-Type-Options": "nosniff"}
     if f.lfs:
         headers.update({"X-Linked-Etag": f'"{f.sha256}"', "X-Linked-Size": str(f.size)})
     return _BlobResponse(hub.store.blob_path(f.sha256), headers=headers, media_type="application/octet-stream")
@@ -732,28 +796,60 @@ def api_routes() -> list[Route]:
     ]
 
 
-class _KeepEncodedSlashes:
-    """Route on the path with %2F kept encoded: clients quote a revision like `refs/pr/1` into one
-    path segment, and decoding it first would split it into several."""
+class _Guard:
+    """Checks before routing.
 
-    def __init__(self, app):
-        self.app = app
+    * Host: a hub bound to loopback answers only to loopback names (a web page that rebinds its
+      own domain to 127.0.0.1 gets nothing); `allowed_hosts` names others.
+    * Cross-site writes: a browser sends `Origin` (and `Sec-Fetch-Site`) on every cross-site POST;
+      the HF clients send neither. A write whose Origin is not this host is refused, so a web page
+      cannot commit to an open (token-less) hub on the user's machine.
+    * Paths: routing sees the path decoded except `%2F` and `%25`, so a revision quoted into one
+      segment (`refs%2Fpr%2F1`, or one holding a literal `%2F`) stays one; handlers decode params.
+    """
+
+    def __init__(self, app, allowed_hosts: set[str] | None):
+        self.app, self.allowed_hosts = app, allowed_hosts
 
     async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        host = headers.get(b"host", b"").decode("latin-1")
+        try:
+            hostname = urlsplit("//" + host).hostname or ""
+        except ValueError:
+            hostname = ""
+        refusal = None
+        if self.allowed_hosts is not None and hostname not in self.allowed_hosts:
+            refusal = f"Host {host[:100]!r} is not served here (allowed: {sorted(self.allowed_hosts)})"
+        elif scope["method"] not in ("GET", "HEAD", "OPTIONS"):
+            origin = headers.get(b"origin", b"").decode("latin-1")
+            site = headers.get(b"sec-fetch-site", b"").decode("latin-1").lower()
+            if (origin and origin != "null" and urlsplit(origin).netloc != host) or origin == "null" \
+                    or site in ("cross-site", "same-site"):
+                refusal = "Cross-site write refused: requests from web pages may only read this hub"
+        if refusal:
+            response = JSONResponse({"error": refusal}, 403, headers={"X-Error-Message": header_safe(refusal),
+                                                                       "Connection": "close"})
+            return await response(scope, receive, send)
         raw = scope.get("raw_path") or b""
-        if scope["type"] == "http" and b"%2f" in raw.lower():
-            parts = re.split(rb"%2[fF]", raw)
-            scope = dict(scope, path="%2F".join(unquote(p.decode("latin-1")) for p in parts))
+        if b"%" in raw:
+            parts = re.split(rb"(%2[fF]|%25)", raw)
+            scope = dict(scope, path="".join(p.decode("latin-1").upper() if i % 2 else unquote(p.decode("latin-1"))
+                                             for i, p in enumerate(parts)))
         await self.app(scope, receive, send)
 
 
-def create_app(root: str | os.PathLike, token: str | None = None, body_timeout: float = BODY_IDLE_TIMEOUT) -> Starlette:
+def create_app(root: str | os.PathLike, token: str | None = None, body_timeout: float = BODY_IDLE_TIMEOUT,
+               allowed_hosts: set[str] | None = None) -> Starlette:
+    """The hub as an ASGI app; `allowed_hosts` (lower-case names) limits the Host header, None allows any."""
     from hubtools.localhub.pages import page_routes
     hub = Hub(root, token, body_timeout)
     app = Starlette(routes=api_routes() + page_routes(hub.store, hub.can_read), exception_handlers={
         HubError: _on_hub_error, HTTPException: _on_http_exception, ClientDisconnect: _on_disconnect})
     app.state.hub = hub
-    app.add_middleware(_KeepEncodedSlashes)
+    app.add_middleware(_Guard, allowed_hosts=allowed_hosts)
     for line in hub.store.startup_report:
         log.warning("store check: %s", line)
     return app
@@ -766,11 +862,12 @@ class _HubProtocol(HttpToolsProtocol):
 
     header_timeout = HEADER_TIMEOUT
     _header_timer: asyncio.TimerHandle | None = None
-    _header_bytes = 0
+    _write_timer: asyncio.TimerHandle | None = None
+    _header_bytes = _header_count = 0
 
     def _arm(self) -> None:
         self._disarm()
-        self._header_bytes = 0
+        self._header_bytes = self._header_count = 0
         self._header_timer = self.loop.call_later(self.header_timeout, self._header_timeout)
 
     def _disarm(self) -> None:
@@ -800,6 +897,8 @@ class _HubProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc) -> None:
         self._disarm()
+        if self._write_timer is not None:
+            self._write_timer.cancel()
         super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
@@ -811,20 +910,49 @@ class _HubProtocol(HttpToolsProtocol):
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count(len(name) + len(value))
+        self._count(len(name) + len(value) + 4)
+        self._header_count += 1
+        if self._header_count > HEADER_COUNT:
+            raise ValueError("too many headers")
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         self._disarm()
         super().on_headers_complete()
+        if len(self.pipeline) > PIPELINE_LIMIT:  # queued requests cost memory: a client must read its answers
+            self.transport.close()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # uvicorn resumes reading here, even with requests still queued
+        if self.pipeline:
+            self.flow.pause_reading()
+
+    # A client that stops reading our answer would hold its connection (and a graceful shutdown) forever.
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._write_timer is None:
+            self._write_timer = self.loop.call_later(WRITE_TIMEOUT, self.transport.close)
+
+    def resume_writing(self) -> None:
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+        super().resume_writing()
 
 
 class HubServer:
     """The hub on uvicorn, on a socket bound at construction (port 0 → the OS picks one)."""
 
     def __init__(self, root: str | os.PathLike, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
-                 header_timeout: float = HEADER_TIMEOUT, body_timeout: float = BODY_IDLE_TIMEOUT):
-        self.app = create_app(root, token, body_timeout)
+                 header_timeout: float = HEADER_TIMEOUT, body_timeout: float = BODY_IDLE_TIMEOUT,
+                 allowed_hosts: list[str] | None = None):
+        """Bound to a loopback address, the hub answers only loopback Host names (plus `allowed_hosts`);
+        bound elsewhere, any Host unless `allowed_hosts` is given."""
+        if allowed_hosts or host in LOOPBACK_HOSTS:
+            allowed = {h.lower() for h in allowed_hosts or []} | (LOOPBACK_HOSTS if host in LOOPBACK_HOSTS else set())
+        else:
+            allowed = None
+        self.app = create_app(root, token, body_timeout, allowed)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -832,7 +960,8 @@ class HubServer:
         self.host, self.port = host, self.sock.getsockname()[1]
         self.server = uvicorn.Server(uvicorn.Config(
             self.app, http=type("HubProtocol", (_HubProtocol,), {"header_timeout": header_timeout}), loop="uvloop", lifespan="off", access_log=False, log_level="warning",
-            limit_concurrency=MAX_CONNECTIONS, timeout_keep_alive=30, server_header=False))
+            limit_concurrency=MAX_CONNECTIONS, timeout_keep_alive=30, timeout_graceful_shutdown=10,
+            server_header=False))
 
     @property
     def url(self) -> str:
@@ -854,8 +983,9 @@ class HubServer:
 
 
 def serve(root: str | os.PathLike, host: str = "127.0.0.1", port: int = 7860, token: str | None = None,
-          header_timeout: float = HEADER_TIMEOUT, body_timeout: float = BODY_IDLE_TIMEOUT) -> None:
-    server = HubServer(root, host, port, token, header_timeout, body_timeout)
+          header_timeout: float = HEADER_TIMEOUT, body_timeout: float = BODY_IDLE_TIMEOUT,
+          allowed_hosts: list[str] | None = None) -> None:
+    server = HubServer(root, host, port, token, header_timeout, body_timeout, allowed_hosts)
     print(f"hubtools hub serving {Path(root).resolve()} at {server.url} "
           f"({'token required for writes' if token else 'open: no token set'})", flush=True)
     server.serve_forever()

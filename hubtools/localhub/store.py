@@ -8,6 +8,7 @@ unreferenced blob; a crash inside it is rolled back by SQLite. Readers never see
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -24,6 +25,7 @@ import yaml
 
 REPO_TYPES = ("model", "dataset", "space")
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+_SHA_LIKE_RE = re.compile(r"^[0-9a-fA-F]{40}$")
 _OID_RE = re.compile(r"^[0-9a-f]{64}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 # Namespaces that are routes of the server (API, uploads, web pages), never a user's.
@@ -31,6 +33,7 @@ RESERVED_NAMESPACES = {"api", "datasets", "spaces", "models", "_lfs", "static"}
 MAX_PATH_BYTES, MAX_PATH_DEPTH, MAX_REF_BYTES = 1024, 32, 255
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 CARD_LIMIT = 1 << 20  # bytes of a README.md read for its metadata and page; the rest is cut off
+FRONT_MATTER_LIMIT = 256 << 10  # bytes of YAML parsed for a card's metadata; beyond it, no metadata
 _FRONT_RE = re.compile(r"^---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|$)", re.S)
 GITATTRIBUTES = (
     b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.bin filter=lfs diff=lfs merge=lfs -text\n"
@@ -143,20 +146,13 @@ class Store:
         return self.blob_path(sha256).exists()
 
     def read_card(self, readme: FileEntry | None) -> tuple[dict, str]:
-        """(YAML front matter, markdown body) of a README.md, reading at most CARD_LIMIT bytes;
-        the metadata is what the Hub exposes as `cardData` (invalid YAML → {})."""
-        if readme is None:
-            return {}, ""
-        with open(self.blob_path(readme.sha256), "rb") as fh:
-            text = fh.read(CARD_LIMIT).decode("utf-8", errors="replace")
-        m = _FRONT_RE.match(text)
-        if not m:
-            return {}, text
-        try:
-            meta = yaml.safe_load(m.group(1))
-        except yaml.YAMLError:
-            meta = None
-        return (meta if isinstance(meta, dict) else {}), text[m.end():]
+        """(YAML front matter, markdown body) of a README.md, reading at most CARD_LIMIT bytes.
+
+        The metadata is what the Hub exposes as `cardData`, so it must always be JSON: YAML that
+        is invalid, too deep, over FRONT_MATTER_LIMIT or uses aliases (a 400-byte alias bomb
+        expands to gigabytes) gives {}; dates become ISO strings, NaN/inf None, sets lists.
+        Parsed once per blob (cards are content-addressed, so the cache never goes stale)."""
+        return _read_card(self.blob_path(readme.sha256)) if readme is not None else ({}, "")
 
     def blob_writer(self) -> "BlobWriter":
         return BlobWriter(self)
@@ -328,7 +324,7 @@ class Store:
             tree = self.files(parent) if parent else {}
             for path in delete:
                 if tree.pop(path, None) is None:
-                    raise HubError(404, f"Cannot delete {path!r}: no such file in {branch}", "EntryNotFound")
+                    raise HubError(404, f"Cannot delete {path[:200]!r}: no such file in {branch}", "EntryNotFound")
             for folder in delete_folders:
                 prefix = folder.rstrip("/") + "/"
                 for path in [p for p in tree if p.startswith(prefix)]:
@@ -351,6 +347,46 @@ class Store:
                        [(oid, e.path, e.sha256, e.size, int(e.lfs), e.oid) for e in tree.values()])
         db.execute("INSERT OR REPLACE INTO refs VALUES(?, 'branch', ?, ?)", (repo_pk, branch, oid))
         return oid
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.YAMLError("aliases are not allowed in card metadata")
+        return super().compose_node(parent, index)
+
+
+def _json_safe(value, depth: int = 0):
+    if depth > 64:
+        raise ValueError("card metadata nested too deep")
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_json_safe(v, depth + 1) for v in value]
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return None
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return None  # bytes and other tagged types have no JSON form
+
+
+@functools.lru_cache(maxsize=512)
+def _read_card(path: Path) -> tuple[dict, str]:
+    with open(path, "rb") as fh:
+        text = fh.read(CARD_LIMIT).decode("utf-8", errors="replace")
+    m = _FRONT_RE.match(text)
+    if not m:
+        return {}, text
+    meta = {}
+    if len(m.group(1)) <= FRONT_MATTER_LIMIT:
+        try:
+            parsed = yaml.load(m.group(1), Loader=_NoAliasLoader)  # noqa: S506 (a SafeLoader)
+            meta = _json_safe(parsed) if isinstance(parsed, dict) else {}
+        except (yaml.YAMLError, ValueError, RecursionError):
+            meta = {}
+    return meta, text[m.end():]
 
 
 class BlobWriter:
@@ -434,8 +470,10 @@ def check_ref_name(name: str, kind: str = "branch") -> None:
     bad = None
     if not isinstance(name, str) or not name:
         bad = "it is empty"
-    elif _SHA_RE.match(name):
+    elif _SHA_LIKE_RE.match(name):
         bad = "it looks like a commit sha (a 40-hex revision always means that commit)"
+    elif name == "HEAD" or name.startswith("-"):
+        bad = "it is 'HEAD' or starts with '-'"
     elif len(name.encode()) > MAX_REF_BYTES:
         bad = f"it is over {MAX_REF_BYTES} bytes"
     elif name.startswith("refs/"):
