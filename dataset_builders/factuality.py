@@ -1,4 +1,4 @@
-"""`factuality` dataset builder: "just-hard-enough" QA for GRPO (seed 001).
+"""`factuality` dataset builder: "just-hard-enough" QA for GRPO (the factuality-and-caution study's recipe).
 
 Why: a GRPO group whose samples all get the same reward teaches nothing, and questions the base
 model always or never answers correctly give exactly such groups. So the sources are mixed evenly,
@@ -26,7 +26,7 @@ from typing import Iterator
 
 import yaml
 
-from hubtools.scoring import SEED_SYSTEM_PROMPT, Grade, grade_answer, normalize_answer
+from hubtools.scoring import FACTUALITY_SYSTEM_PROMPT, Grade, grade_answer, normalize_answer
 
 DEFAULT_RECIPE = Path(__file__).parent / "recipes" / "factuality.yaml"
 RULES = ("variance", "balanced")
@@ -34,7 +34,7 @@ ANSWER_FORMATS = ("auto", "list", "json_list", "string")
 HIST_FILE = "pass_rate_hist.png"
 
 _DEFAULTS = {
-    "sources": None, "per_source": None, "strict": False, "system_prompt": SEED_SYSTEM_PROMPT,
+    "sources": None, "per_source": None, "strict": False, "system_prompt": FACTUALITY_SYSTEM_PROMPT,
     "generator": {"backend": "auto", "model": None}, "k": 16,
     "sampling": {"max_new_tokens": 256, "temperature": 1.0, "top_p": 1.0},
     "select": {"n": None, "rule": "variance", "min_pass_rate": None, "max_pass_rate": None},
@@ -340,7 +340,7 @@ def load_sources(recipe: dict) -> tuple[dict[str, list[Question]], Counter]:
 
 
 def mix_evenly(by_source: dict[str, list[Question]], per_source: int | None, seed: int) -> list[Question]:
-    """The same number of questions from every source (seed 001 mixes its four sources evenly):
+    """The same number of questions from every source (the study mixes its four sources evenly):
     `per_source`, or fewer when a source is smaller (said so); None takes the smallest source's size.
     Each source's questions are a seeded random sample, kept in source order."""
     sizes = {name: len(qs) for name, qs in by_source.items()}

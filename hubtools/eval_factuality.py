@@ -1,8 +1,8 @@
 """`hubtools eval factuality`: evaluate published revisions (or system prompts) on factuality.
 
-Per revision, the seed-001 breakdown over k samples per question — Partial Correct, Partial
-NotAttempt, All NotAttempt, All Correct, All Attempt and Wrong (percent of questions; the five
-partition every question) — plus SimpleQA-style aggregates over all samples. Results go into each
+Per revision, the breakdown of the GRPO factuality-and-caution study over k samples per question —
+Partial Correct, Partial NotAttempt, All NotAttempt, All Correct, All Attempt and Wrong (percent of
+questions; the five partition every question) — plus SimpleQA-style aggregates over all samples. Results go into each
 revision's card as `model-index` eval results and a table section, added to the existing card.
 """
 
@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from hubtools.generation import SamplingParams, make_generator
-from hubtools.scoring import SEED_SYSTEM_PROMPT, Grade, grade_answer
+from hubtools.scoring import FACTUALITY_SYSTEM_PROMPT, Grade, grade_answer
 
 CATEGORIES = ("Partial Correct", "Partial NotAttempt", "All NotAttempt", "All Correct", "All Attempt and Wrong")
 SECTION_START, SECTION_END = "<!-- hubtools-eval-factuality:start -->", "<!-- hubtools-eval-factuality:end -->"
@@ -83,7 +83,7 @@ def grade_model(generator, rows: list[dict], k: int, system_prompt: str | None, 
         if system_prompt is None and row.get("prompt"):
             prompts.append(row["prompt"])
         else:
-            prompts.append([{"role": "system", "content": system_prompt or SEED_SYSTEM_PROMPT},
+            prompts.append([{"role": "system", "content": system_prompt or FACTUALITY_SYSTEM_PROMPT},
                             {"role": "user", "content": row["question"]}])
     samples = generator.generate(prompts, SamplingParams(n=k, max_new_tokens=max_new_tokens,
                                                          temperature=temperature, seed=seed), desc=desc)
@@ -185,7 +185,8 @@ def prompt_sweep(model: str, prompts: dict[str, str], dataset: str, *, split: st
                  limit: int | None = None, generator: dict | None = None, max_new_tokens: int = 256,
                  temperature: float = 1.0, seed: int = 0, revision: str | None = None,
                  output_dir: str | Path = "eval-results") -> dict[str, FactualityScores]:
-    """Several system prompts on one model: the correct-vs-not-attempted trade-off (seeds 001/003)."""
+    """Several system prompts on one model: the correct-vs-not-attempted trade-off that, in the
+    factuality studies, the prompt alone moves."""
     from hubtools.plots import scatter
     rows = load_eval_rows(dataset, split, limit=limit)
     gen = _generator_for(generator or {}, model, revision)

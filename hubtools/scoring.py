@@ -70,8 +70,8 @@ from collections.abc import Mapping, Sequence
 from enum import Enum
 
 MAX_CONTAINED_TOKENS = 8
-# The seed's system prompt (001/003): it asks for exactly the output format `grade_answer` reads.
-SEED_SYSTEM_PROMPT = ("A conversation between User and Assistant. The Assistant must think step by step. "
+# The factuality-and-caution study's system prompt: it asks for exactly the output format `grade_answer` reads.
+FACTUALITY_SYSTEM_PROMPT = ("A conversation between User and Assistant. The Assistant must think step by step. "
                       "Then give a brief answer in \\boxed{} if sure about the answer, otherwise the "
                       "Assistant can return \\boxed{Unknown} if not sure.")
 

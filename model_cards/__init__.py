@@ -1,4 +1,4 @@
-"""Hub model and dataset cards rendered from run-info dicts (see examples/seed004_run.yaml)."""
+"""Hub model and dataset cards rendered from run-info dicts (see examples/grpo_step_card.yaml)."""
 
 import hubtools  # noqa: F401,E402  (Xet off for a local endpoint, before any HF import)
 

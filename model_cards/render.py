@@ -1,4 +1,4 @@
-"""Render Hub model and dataset cards from a run-info dict (schema: examples/seed004_run.yaml).
+"""Render Hub model and dataset cards from a run-info dict (schema: examples/grpo_step_card.yaml).
 
 YAML metadata goes through huggingface_hub's CardData classes so the Hub reads it; the Markdown body
 comes from sandboxed Jinja templates. Everything from `info` is redacted first and handed to the

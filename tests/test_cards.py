@@ -11,7 +11,7 @@ from huggingface_hub import DatasetCard, ModelCard
 from hubtools.redact import redact, redact_argv, redact_data
 from model_cards import load_run_info, render_dataset_card, render_model_card
 
-SEED = Path(__file__).resolve().parents[1] / "examples" / "seed004_run.yaml"
+SEED = Path(__file__).resolve().parents[1] / "examples" / "grpo_step_card.yaml"
 FAKE_HF = "hf_" + "AbCdEf0123" * 3
 FAKE_SK = "sk-proj-" + "Zz9" * 8
 

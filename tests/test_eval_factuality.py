@@ -48,7 +48,7 @@ def eval_dataset(hub):
 
 
 def test_eval_writes_results_into_the_revision_card(tmp_path, tiny_model_dir, eval_dataset, repo_name):
-    info = load_run_info(ROOT / "examples" / "seed004_run.yaml")
+    info = load_run_info(ROOT / "examples" / "grpo_step_card.yaml")
     publish_checkpoint(tiny_model_dir, repo_name, "step-1", card_info=info)
     publish_checkpoint(tiny_model_dir, repo_name, "step-2", card_info=info)
     results = evaluate_revisions(repo_name, ["step-1", "step-2"], eval_dataset, k=2, max_new_tokens=6,
@@ -95,7 +95,7 @@ def _has_eval(repo: str, revision: str) -> bool:
 
 @pytest.fixture
 def two_steps(tiny_model_dir, repo_name):
-    info = load_run_info(ROOT / "examples" / "seed004_run.yaml")
+    info = load_run_info(ROOT / "examples" / "grpo_step_card.yaml")
     for rev in ("step-1", "step-2"):
         publish_checkpoint(tiny_model_dir, repo_name, rev, card_info=info)
     return repo_name

@@ -16,7 +16,7 @@ from faults import FlakySlowProxy
 from hubtools.publish import AsyncPublisher, PublishError, RevisionExistsError, publish_checkpoint
 from model_cards import load_run_info
 
-RUN_INFO = load_run_info(ROOT / "examples" / "seed004_run.yaml")
+RUN_INFO = load_run_info(ROOT / "examples" / "grpo_step_card.yaml")
 
 
 def make_checkpoint(root: Path, step: int) -> Path:
@@ -129,7 +129,7 @@ def test_cli_publish_then_refused_overwrite_is_one_line(repo_name, tmp_path):
     import sys
     folder = make_checkpoint(tmp_path, 3)
     cmd = [sys.executable, "-m", "hubtools.cli", "publish", str(folder), "--repo", repo_name, "--revision", "step-3",
-           "--card-info", str(ROOT / "examples" / "seed004_run.yaml")]
+           "--card-info", str(ROOT / "examples" / "grpo_step_card.yaml")]
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert first.returncode == 0 and f"{repo_name}/tree/step-3" in first.stdout, first.stderr[-2000:]
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)

@@ -37,6 +37,7 @@ REWARD_TEXT = {
                     "if none is correct, not-attempted (`\\boxed{Unknown}`) = 1.0, others 0",
     "fact": "correct = 1.0, process-correct = 0.5, others 0",
     "caution": "in groups with no correct sample, not-attempted = 1.0, others 0",
+    "boxed_format": "1.0 when the completion gives a final answer in `\\boxed{}` (an abstention counts), else 0",
 }
 
 
@@ -205,7 +206,7 @@ def _plain(value) -> str:
 
 def build_card_info(script_args, training_args, model_args, reward_names: list[str], world_size: int,
                     argv: list[str]) -> dict:
-    """Run facts for the step cards (see examples/seed004_run.yaml for the keys)."""
+    """Run facts for the step cards (see examples/grpo_step_card.yaml for the keys)."""
     base_id = hub_id(model_args.model_name_or_path)  # None: a local folder, kept out of `base_model`
     weights = training_args.reward_weights or [1.0] * len(reward_names)
     lora = model_args.use_peft

@@ -959,7 +959,8 @@ class HubServer:
         self.sock.bind((host, port))
         self.host, self.port = host, self.sock.getsockname()[1]
         self.server = uvicorn.Server(uvicorn.Config(
-            self.app, http=type("HubProtocol", (_HubProtocol,), {"header_timeout": header_timeout}), loop="uvloop", lifespan="off", access_log=False, log_level="warning",
+            self.app, http=type("HubProtocol", (_HubProtocol,), {"header_timeout": header_timeout}), loop="uvloop",
+            lifespan="off", access_log=False, log_level="warning",
             limit_concurrency=MAX_CONNECTIONS, timeout_keep_alive=30, timeout_graceful_shutdown=10,
             server_header=False))
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from train.rewards.factuality import caution, fact, fact_caution, staged
+from train.rewards.factuality import boxed_format, caution, fact, fact_caution, staged
 
-REWARDS = {"fact_caution": fact_caution, "fact": fact, "caution": caution}
+REWARDS = {"fact_caution": fact_caution, "fact": fact, "caution": caution, "boxed_format": boxed_format}
 
 
 def get_reward(name: str):

@@ -1,4 +1,5 @@
-"""Factuality and caution rewards (seeds 001/003), TRL signature `f(completions, **columns)`.
+"""Factuality and caution rewards of the GRPO factuality-and-caution study; TRL signature
+`f(completions, **columns)`.
 
 Columns they read (written by `dataset_builders.factuality`): `answers` (gold aliases), `answerable`
 (False for SelfAware-style questions: abstaining is then the right answer) and `id` (one id per
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from hubtools.scoring import Grade, grade_answer, reasoning_reaches_gold
+from hubtools.scoring import Grade, extract_boxed, grade_answer, reasoning_reaches_gold
 
 RewardFn = Callable[..., list[float]]
 
@@ -96,6 +97,15 @@ def caution(completions, answers=None, answerable=None, id=None, prompts=None, *
     grades = _grades(completions, answers, answerable)
     has_correct = _group_has_correct(_keys(completions, id, prompts), grades)
     return [1.0 if (not any_c and g is Grade.NOT_ATTEMPTED) else 0.0 for (g, _), any_c in zip(grades, has_correct)]
+
+
+def boxed_format(completions, **_) -> list[float]:
+    """1.0 when the completion gives a final answer in `\\boxed{}` (an abstention counts), else 0.
+
+    Every grade above reads that box, and a small model that rarely writes one gives groups with no
+    spread, so nothing to learn from; this is the signal such a model can learn first. It pays for
+    the format only: pair it with a correctness reward at a lower weight."""
+    return [1.0 if (extract_boxed(completion_text(c)) or "").strip() else 0.0 for c in completions]
 
 
 def staged(stages: list[tuple[RewardFn, int | None]]) -> RewardFn:
