@@ -227,6 +227,17 @@ def test_stalled_clients_time_out(tmp_path):
         answer = _raw(h.port, (f"POST /api/models/slow/repo/commit/main HTTP/1.1\r\nHost: 127.0.0.1\r\n{AUTH}"
                                "Content-Length: 1000\r\n\r\n{").encode(), timeout=10)
         assert _status(answer) == 408 and time.time() - t < 5
+        # A body dripped faster than the idle timeout still has to arrive within it, whole.
+        with socket.create_connection(("127.0.0.1", h.port), timeout=10) as s:
+            s.sendall(b"POST /api/validate-yaml HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n")
+            t = time.time()
+            try:
+                for _ in range(40):
+                    s.sendall(b"x")
+                    time.sleep(0.25)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            assert _status(s.recv(65536)) == 408 and time.time() - t < 5
         assert not any((tmp_path / "slow-hub" / "tmp").iterdir())
     finally:
         h.stop()

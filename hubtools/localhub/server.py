@@ -245,17 +245,20 @@ def _prefix(repo: Repo) -> str:
 
 
 # -- bodies ---------------------------------------------------------------------------------
-async def _chunks(request: Request) -> AsyncIterator[bytes]:
-    """The request body as it arrives; a stall longer than the hub's body timeout answers 408.
+async def _chunks(request: Request, whole: bool = False) -> AsyncIterator[bytes]:
+    """The request body as it arrives; a stall longer than the hub's body timeout answers 408, and
+    with `whole` (small bodies held in memory) so does a body not complete within that time — a
+    client dripping a byte a second must not hold a connection and its buffer for ever.
 
     One `asyncio.timeout` for the whole body, armed only while waiting for the client (a
     `wait_for` per chunk would cost a task per 64 KiB)."""
     timeout, loop = _hub(request).body_timeout, asyncio.get_running_loop()
+    end = loop.time() + timeout if whole else float("inf")
     stream = request.stream().__aiter__()
     try:
         async with asyncio.timeout(None) as deadline:
             while True:
-                deadline.reschedule(loop.time() + timeout)
+                deadline.reschedule(min(loop.time() + timeout, end))
                 try:
                     chunk = await stream.__anext__()
                 except StopAsyncIteration:
@@ -274,7 +277,7 @@ async def _read_body(request: Request, limit: int = JSON_LIMIT) -> bytes:
         raise HubError(413, f"Request body of {declared} bytes is over the {limit}-byte limit for this route")
     hub, buf = _hub(request), bytearray()
     try:
-        async for chunk in _chunks(request):
+        async for chunk in _chunks(request, whole=True):
             if len(buf) + len(chunk) > limit:
                 raise HubError(413, f"Request body is over the {limit}-byte limit for this route")
             hub.budget.take(len(chunk))
@@ -381,7 +384,7 @@ async def whoami(request: Request) -> Response:
 async def validate_yaml(request: Request) -> Response:
     """Nothing to validate here: the body is drained (clients send it without a token), never kept."""
     seen = 0
-    async for chunk in _chunks(request):
+    async for chunk in _chunks(request, whole=True):
         seen += len(chunk)
         if seen > JSON_LIMIT:
             raise HubError(413, f"Request body is over the {JSON_LIMIT}-byte limit for this route")
