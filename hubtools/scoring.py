@@ -70,11 +70,6 @@ from collections.abc import Mapping, Sequence
 from enum import Enum
 
 MAX_CONTAINED_TOKENS = 8
-# The factuality-and-caution study's system prompt: it asks for exactly the output format `grade_answer` reads.
-FACTUALITY_SYSTEM_PROMPT = ("A conversation between User and Assistant. The Assistant must think step by step. "
-                      "Then give a brief answer in \\boxed{} if sure about the answer, otherwise the "
-                      "Assistant can return \\boxed{Unknown} if not sure.")
-
 _APOSTROPHES = re.compile(r"['‘’`´ʼ]")
 _LATEX_TEXT = re.compile(r"\\(?:text(?:bf|it|rm|tt|sf)?|math(?:rm|bf|it|sf|tt)|mbox|emph)\b")
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")

@@ -15,7 +15,8 @@ from dataset_builders import factuality as fb
 from dataset_builders.registry import get_builder
 from hubtools.cli import main
 from hubtools.generation import OpenAIGenerator, make_generator, serve_transformers
-from hubtools.scoring import FACTUALITY_SYSTEM_PROMPT, Grade
+from hubtools.scoring import Grade
+from hubtools.tasks import FACTUALITY
 
 C, I, N = Grade.CORRECT, Grade.INCORRECT, Grade.NOT_ATTEMPTED
 
@@ -168,7 +169,7 @@ def test_build_pushes_dataset_histogram_and_card(tmp_path, hub, tiny_model_dir, 
     for row in list(train) + list(test):
         assert row["id"].startswith(row["source"] + "-") and row["source"] in {"bad", "selfaware", "popqa"}
         assert [m["role"] for m in row["prompt"]] == ["system", "user"]
-        assert [m["content"] for m in row["prompt"]] == [FACTUALITY_SYSTEM_PROMPT, row["question"]]
+        assert [m["content"] for m in row["prompt"]] == [FACTUALITY.system_prompt, row["question"]]
         assert row["answerable"] == bool(row["answers"])
         assert 0 <= row["pass_rate"] <= 1
         assert row["variance"] == pytest.approx(row["pass_rate"] * (1 - row["pass_rate"]))

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import ROOT
 from hubtools.hubenv import free_port
-from train.rewards import build_rewards
+from train.rewards import get_reward_funcs
 from train.rewards.factuality import caution, fact, fact_caution
 
 GOLD = ["Paris"]
@@ -79,7 +79,7 @@ def test_fact_and_caution_alone_and_summed():
 
 
 def test_fact_then_caution_schedule_switches_at_step():
-    (reward,) = build_rewards(reward_schedule=[{"reward": "fact", "until_step": 3}, {"reward": "caution"}])
+    (reward,) = get_reward_funcs(SimpleNamespace(reward_funcs=[], reward_schedule="fact:3,caution"))
     g = group(WRONG, UNKNOWN)
     assert reward(**g, trainer_state=SimpleNamespace(global_step=2)) == [0.0, 0.0]
     assert reward(**g, trainer_state=SimpleNamespace(global_step=3)) == [0.0, 1.0]
@@ -88,11 +88,11 @@ def test_fact_then_caution_schedule_switches_at_step():
 
 def test_bad_recipe_names_the_field():
     with pytest.raises(ValueError, match="unknown reward 'facts'"):
-        build_rewards(["facts"])
+        get_reward_funcs(SimpleNamespace(reward_funcs=["facts"], reward_schedule=None))
     with pytest.raises(ValueError, match="answers"):
         fact(completions=[RIGHT])
     with pytest.raises(ValueError, match="last reward stage"):
-        build_rewards(reward_schedule=[{"reward": "fact", "until_step": 3}])
+        get_reward_funcs(SimpleNamespace(reward_funcs=[], reward_schedule="fact:3"))
 
 
 _WORKER = r"""

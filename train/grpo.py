@@ -27,20 +27,6 @@ from hubtools.redact import redact_argv  # noqa: E402
 
 log = logging.getLogger("hubtools.train")
 _HUB_REV = re.compile(r"^(?P<repo>[\w.-]+/[\w.-]+)@(?P<rev>.+)$")
-OUTPUT_FORMAT = {
-    "factuality": "Step-by-step reasoning, then the final answer in `\\boxed{...}`, or `\\boxed{Unknown}` "
-                  "when the model is not sure (an abstention, rewarded when no sample of the group is right).",
-}
-REWARD_TEXT = {
-    "fact_caution": "group-aware fact+caution: if any of the group's samples is correct, correct = 1.0, "
-                    "process-correct (gold reached in the reasoning, final answer wrong) = 0.5, others 0; "
-                    "if none is correct, not-attempted (`\\boxed{Unknown}`) = 1.0, others 0",
-    "fact": "correct = 1.0, process-correct = 0.5, others 0",
-    "caution": "in groups with no correct sample, not-attempted = 1.0, others 0",
-    "boxed_format": "1.0 when the completion gives a final answer in `\\boxed{}` (an abstention counts), else 0",
-}
-
-
 @dataclass
 class ScriptArguments:
     dataset_name: str = field(default="", metadata={"help": "Hub dataset repo or local folder (save_to_disk)"})
@@ -60,18 +46,6 @@ class ScriptArguments:
     card_notes: list[str] = field(default_factory=list, metadata={"help": "known notes for every card"})
     card_license: str = field(default="apache-2.0", metadata={"help": "license in the model cards"})
     intended_use: str | None = field(default=None, metadata={"help": "intended-use text for the cards"})
-
-
-def parse_schedule(text: str) -> list[dict]:
-    """'fact:100,caution' → [{reward: fact, until_step: 100}, {reward: caution}]."""
-    stages = []
-    for part in text.split(","):
-        name, _, until = part.strip().partition(":")
-        try:
-            stages.append({"reward": name, "until_step": int(until) if until else None})
-        except ValueError:
-            raise ValueError(f"reward_schedule: bad stage {part!r}; expected name:until_step") from None
-    return stages
 
 
 def resolve_resume(value: str | None, output_dir: str) -> str | None:
@@ -207,6 +181,9 @@ def _plain(value) -> str:
 def build_card_info(script_args, training_args, model_args, reward_names: list[str], world_size: int,
                     argv: list[str]) -> dict:
     """Run facts for the step cards (see examples/grpo_step_card.yaml for the keys)."""
+    from hubtools.tasks import get_task
+    from train import rewards
+    task = get_task(script_args.task)
     base_id = hub_id(model_args.model_name_or_path)  # None: a local folder, kept out of `base_model`
     weights = training_args.reward_weights or [1.0] * len(reward_names)
     lora = model_args.use_peft
@@ -238,11 +215,11 @@ def build_card_info(script_args, training_args, model_args, reward_names: list[s
         "algorithm_repo": f"hubtools {version}" + (f" @ {commit[:7]}" if commit != "unknown" else ""),
         "task": script_args.task,
         "dataset": hub_id(script_args.dataset_name), "dataset_split": script_args.dataset_train_split,
-        "reward_description": "; ".join(f"`{n}`: {REWARD_TEXT.get(n.split('_then_')[0], n)}" for n in reward_names)
+        "reward_description": "; ".join(f"`{n}`: {task.reward_text(n.split('_then_')[0])}" for n in reward_names)
         if not script_args.reward_schedule else
         f"rewards in sequence (`{script_args.reward_schedule}`): " +
-        "; ".join(f"`{s['reward']}`: {REWARD_TEXT.get(s['reward'], s['reward'])}"
-                  for s in parse_schedule(script_args.reward_schedule)),
+        "; ".join(f"`{s['reward']}`: {task.reward_text(s['reward'])}"
+                  for s in rewards.parse_schedule(script_args.reward_schedule)),
         "reward_components": [{"name": n, "weight": w} for n, w in zip(reward_names, weights)],
         **({"kl_estimator": "k3", "kl_beta": training_args.beta} if training_args.beta > 0 else {}),
         "optimizer": f"{_plain(training_args.optim)}, loss_type {training_args.loss_type}",
@@ -252,7 +229,7 @@ def build_card_info(script_args, training_args, model_args, reward_names: list[s
         "rollout_prompts": training_args.generation_batch_size // training_args.num_generations,
         "rollout_samples_per_prompt": training_args.num_generations,
         "temperature": training_args.temperature, "context": context, "seed": training_args.seed,
-        "output_format": OUTPUT_FORMAT.get(script_args.task, ""),
+        "output_format": task.output_format,
         "intended_use": script_args.intended_use or "Research checkpoint for studying GRPO training dynamics; "
                                                    "not evaluated for production use.",
         "repro_script": "train/grpo.py",
@@ -268,7 +245,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from hubtools.models import resolve_model
     from train.callbacks import HubPublishCallback, reward_summary
-    from train.rewards import build_rewards
+    from train.rewards import get_reward_funcs
 
     argv = sys.argv[1:] if argv is None else argv
     parser = TrlParser((ScriptArguments, GRPOConfig, ModelConfig))
@@ -278,8 +255,7 @@ def main(argv: list[str] | None = None) -> dict:
     model_args.model_name_or_path = resolve_model(model_args.model_name_or_path)
     if not script_args.dataset_name:
         raise ValueError("set dataset_name in the recipe (a Hub dataset repo or a local folder)")
-    schedule = parse_schedule(script_args.reward_schedule) if script_args.reward_schedule else None
-    reward_funcs = build_rewards(script_args.reward_funcs or None, schedule)
+    reward_funcs = get_reward_funcs(script_args)
     reward_names = [f.__name__ for f in reward_funcs]
     from accelerate import PartialState
     with PartialState().main_process_first():  # one download, then the other ranks find it

@@ -1,29 +1,54 @@
-"""Reward functions by name, as recipes refer to them."""
+"""Reward functions built from the recipe, as open-r1's `get_reward_funcs(script_args)` does.
+
+Each name maps to a factory taking the script arguments, so a reward that needs configuration (a
+judge endpoint, a weight of its own) is built from the recipe; the function it returns keeps the
+name, which is what TRL's logs (`rewards/{name}/mean`) and the cards show.
+"""
 
 from __future__ import annotations
 
+from typing import Callable
+
 from train.rewards.factuality import boxed_format, caution, fact, fact_caution, staged
 
-REWARDS = {"fact_caution": fact_caution, "fact": fact, "caution": caution, "boxed_format": boxed_format}
+RewardFn = Callable[..., list]
+REWARDS: dict[str, Callable[[object], RewardFn]] = {
+    "fact_caution": lambda args: fact_caution,
+    "fact": lambda args: fact,
+    "caution": lambda args: caution,
+    "boxed_format": lambda args: boxed_format,
+}
 
 
-def get_reward(name: str):
+def get_reward(name: str, script_args=None) -> RewardFn:
     try:
-        return REWARDS[name]
+        factory = REWARDS[name]
     except KeyError:
         raise ValueError(f"unknown reward {name!r} (recipe field reward_funcs / reward_schedule); "
                          f"known: {sorted(REWARDS)}") from None
+    return factory(script_args)
 
 
-def build_rewards(reward_funcs: list[str] | None = None, reward_schedule: list[dict] | None = None) -> list:
-    """Recipe → TRL reward functions: a list of names, or a schedule of {reward, until_step} stages."""
-    if reward_schedule:
-        if reward_funcs:
+def parse_schedule(text: str) -> list[dict]:
+    """'fact:100,caution' → [{reward: fact, until_step: 100}, {reward: caution, until_step: None}]."""
+    stages = []
+    for part in text.split(","):
+        name, _, until = part.strip().partition(":")
+        try:
+            stages.append({"reward": name, "until_step": int(until) if until else None})
+        except ValueError:
+            raise ValueError(f"reward_schedule: bad stage {part!r}; expected name:until_step") from None
+    return stages
+
+
+def get_reward_funcs(script_args) -> list[RewardFn]:
+    """The recipe's rewards: `reward_funcs` (summed with TRL's `reward_weights`), or `reward_schedule`
+    (one after another, e.g. 'fact:100,caution')."""
+    names, schedule = getattr(script_args, "reward_funcs", None), getattr(script_args, "reward_schedule", None)
+    if schedule:
+        if names:
             raise ValueError("set either reward_funcs or reward_schedule in the recipe, not both")
-        for i, stage in enumerate(reward_schedule):
-            if "reward" not in stage:
-                raise ValueError(f"reward_schedule[{i}] needs a 'reward' name")
-        return [staged([(get_reward(s["reward"]), s.get("until_step")) for s in reward_schedule])]
-    if not reward_funcs:
+        return [staged([(get_reward(s["reward"], script_args), s["until_step"]) for s in parse_schedule(schedule)])]
+    if not names:
         raise ValueError("the recipe names no reward: set reward_funcs (e.g. [fact_caution])")
-    return [get_reward(n) for n in reward_funcs]
+    return [get_reward(n, script_args) for n in names]
