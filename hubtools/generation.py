@@ -145,7 +145,7 @@ class TransformersGenerator(Generator):
 # ---------------------------------------------------------------------------------------- OpenAI-compatible
 
 
-def _run_sync(make_coro):
+def run_sync(make_coro):
     """Run a coroutine from sync code, also when the caller is itself inside a running event loop."""
     try:
         asyncio.get_running_loop()
@@ -155,7 +155,35 @@ def _run_sync(make_coro):
         return pool.submit(lambda: asyncio.run(make_coro())).result()
 
 
-class _Balancer:
+class DiskCache:
+    """JSON records on disk, one file per request, named by the sha256 of the request (`key`).
+
+    Written atomically (temp file + os.replace), so a killed run leaves only whole records behind and
+    a rerun resumes where it stopped. Shared by the generation backend and the judge (hubtools.judge).
+    """
+
+    def __init__(self, directory: str | Path):
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    @staticmethod
+    def key(request: dict) -> str:
+        return hashlib.sha256(json.dumps(request, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+    def get(self, key: str) -> dict | None:
+        try:
+            return json.loads((self.dir / f"{key}.json").read_text())
+        except FileNotFoundError:
+            return None
+
+    def put(self, key: str, record: dict) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f".{key}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f, ensure_ascii=False)
+        os.replace(tmp, self.dir / f"{key}.json")
+
+
+class Balancer:
     """Spreads requests over several servers: each goes to the one with the fewest requests in flight
     (ties taken in turn), and no server ever has more than `per_server` in flight."""
 
@@ -219,15 +247,13 @@ class OpenAIGenerator(Generator):
         self.model = f"{model}@{revision}" if revision else str(model)
         self._api_key = api_key
         self.concurrency, self.max_retries, self.timeout = concurrency, max_retries, timeout
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-        if self.cache_dir is not None:
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self.cache = DiskCache(cache_dir) if cache_dir is not None else None
 
     def __repr__(self) -> str:
         return f"OpenAIGenerator(base_url={self.base_urls!r}, model={self.model!r})"
 
     def generate(self, prompts: list[Messages], params: SamplingParams, *, desc: str | None = None) -> list[list[str]]:
-        return _run_sync(lambda: self.agenerate(prompts, params, desc=desc))
+        return run_sync(lambda: self.agenerate(prompts, params, desc=desc))
 
     async def agenerate(self, prompts: list[Messages], params: SamplingParams, *,
                         desc: str | None = None) -> list[list[str]]:
@@ -239,7 +265,7 @@ class OpenAIGenerator(Generator):
             clients = [await stack.enter_async_context(AsyncOpenAI(
                 base_url=url, api_key=self._api_key or "EMPTY", max_retries=self.max_retries, timeout=self.timeout))
                 for url in self.base_urls]
-            servers = _Balancer(clients, self.concurrency)
+            servers = Balancer(clients, self.concurrency)
             with tqdm(total=len(prompts), desc=desc or "generate", disable=len(prompts) < 2) as bar:
                 async def one(i: int) -> None:
                     results[i] = await self._samples(servers, prompts[i], params)
@@ -248,7 +274,7 @@ class OpenAIGenerator(Generator):
                 await asyncio.gather(*(one(i) for i in range(len(prompts))))
         return results
 
-    async def _samples(self, servers: _Balancer, messages: Messages, params: SamplingParams) -> list[str]:
+    async def _samples(self, servers: Balancer, messages: Messages, params: SamplingParams) -> list[str]:
         import openai
 
         keys = [self._cache_key(messages, params, i) for i in range(params.n)]
@@ -283,26 +309,17 @@ class OpenAIGenerator(Generator):
         return [c.message.content or "" for c in sorted(resp.choices, key=lambda c: c.index)]
 
     def _cache_key(self, messages: Messages, params: SamplingParams, index: int) -> str:
-        blob = json.dumps({"model": self.model, "messages": messages, "max_new_tokens": params.max_new_tokens,
-                           "temperature": params.temperature, "top_p": params.top_p, "seed": params.seed,
-                           "index": index}, sort_keys=True, ensure_ascii=False)
-        return hashlib.sha256(blob.encode()).hexdigest()
+        return DiskCache.key({"model": self.model, "messages": messages, "max_new_tokens": params.max_new_tokens,
+                              "temperature": params.temperature, "top_p": params.top_p, "seed": params.seed,
+                              "index": index})
 
     def _cache_get(self, key: str) -> str | None:
-        if self.cache_dir is None:
-            return None
-        try:
-            return json.loads((self.cache_dir / f"{key}.json").read_text())["text"]
-        except FileNotFoundError:
-            return None
+        record = self.cache.get(key) if self.cache else None
+        return None if record is None else record["text"]
 
     def _cache_put(self, key: str, index: int, text: str) -> None:
-        if self.cache_dir is None:
-            return
-        fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=f".{key}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump({"model": self.model, "index": index, "text": text}, f, ensure_ascii=False)
-        os.replace(tmp, self.cache_dir / f"{key}.json")
+        if self.cache:
+            self.cache.put(key, {"model": self.model, "index": index, "text": text})
 
 
 # ---------------------------------------------------------------------------------------- vLLM

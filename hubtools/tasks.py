@@ -18,6 +18,7 @@ class Task:
     rewards: dict[str, str]       # reward name → what it pays (cards); the functions live in train/rewards
     eval_module: str              # `hubtools eval NAME` runs this module
     tags: tuple[str, ...] = field(default=())
+    static_rubrics: dict[str, dict] = field(default_factory=dict)  # title → {description, kind: positive|negative}
 
     def reward_text(self, name: str) -> str:
         return self.rewards.get(name, name)
@@ -43,7 +44,44 @@ FACTUALITY = Task(
     tags=("factuality",),
 )
 
-TASKS = {t.name: t for t in (FACTUALITY,)}
+RL_HARD = Task(
+    name="rl_hard",
+    system_prompt=("You refine a research agent's work into the final answer. You get the user's question, the "
+                   "agent's reasoning and the raw output of its search tool, whose passages carry ids. Write one "
+                   "<answer>...</answer> block that answers the question concisely. Wrap every factual claim in "
+                   "<snippet id=ID1,ID2>claim</snippet>, citing only ids that appear in the tool output and whose "
+                   "passages state the claim. Do not copy the agent's mistakes, and add nothing the question did "
+                   "not ask for."),
+    output_format=("A single `<answer>...</answer>` block. Every factual claim is wrapped in "
+                   "`<snippet id=ID1,ID2,...>claim</snippet>`, citing only ids that appear in the raw tool output."),
+    rewards={
+        "rubric": "LLM judge over the row's per-instance `positive_rubrics` / `negative_rubrics` plus the static "
+                  "rubric set; each rubric scored 0-2 and normalized to [0, 1]; positive scores enter as-is, "
+                  "negative ones are flipped (1 - s) so higher = better; weighted mean",
+        "citation": "claim-level precision / recall / F1 of `<snippet id=...>` attributions, each cited claim "
+                    "judged against the passages it cites (an id absent from the tool output is unsupported)",
+        "format": "1.0 for exactly one `<answer>` block with well-formed snippets, at least one cited claim, and "
+                  "every cited id present in the tool output; else 0",
+    },
+    eval_module="hubtools.eval.rl_hard",
+    tags=("refiner", "rubric"),
+    static_rubrics={
+        "Citation Discipline": {
+            "kind": "positive",
+            "description": "Every factual claim is wrapped in a snippet whose cited ids appear in the tool output "
+                           "and whose passages state that claim."},
+        "Off-Query Padding": {
+            "kind": "negative",
+            "description": "The answer includes material the question did not ask for: background, tangents, "
+                           "restated passages or repeated claims."},
+        "Wrong-Entity Confabulation": {
+            "kind": "negative",
+            "description": "The answer attributes facts about a different entity (a namesake, a related paper, "
+                           "another place or year) to the one the question asks about."},
+    },
+)
+
+TASKS = {t.name: t for t in (FACTUALITY, RL_HARD)}
 
 
 def get_task(name: str) -> Task:

@@ -33,8 +33,9 @@ class ScriptArguments:
     dataset_config: str | None = field(default=None, metadata={"help": "dataset config name"})
     dataset_train_split: str = field(default="train", metadata={"help": "split to train on"})
     task: str = field(default="factuality", metadata={"help": "task (selects the output format text in cards)"})
-    reward_funcs: list[str] = field(default_factory=list,
-                                    metadata={"help": "rewards, summed with reward_weights: fact_caution, fact, caution"})
+    reward_funcs: list[str] = field(default_factory=list, metadata={
+        "help": "rewards, summed with reward_weights (names in train/rewards: fact_caution, fact, caution, "
+                "boxed_format, rubric, citation, format)"})
     reward_schedule: str | None = field(default=None, metadata={
         "help": "rewards in sequence instead, e.g. 'fact:100,caution' = fact until step 100, then caution"})
     publish_repo: str | None = field(default=None, metadata={
@@ -46,6 +47,19 @@ class ScriptArguments:
     card_notes: list[str] = field(default_factory=list, metadata={"help": "known notes for every card"})
     card_license: str = field(default="apache-2.0", metadata={"help": "license in the model cards"})
     intended_use: str | None = field(default=None, metadata={"help": "intended-use text for the cards"})
+    # The LLM judge of the judge-backed rewards (rubric, citation): any OpenAI-compatible server(s).
+    judge_model: str | None = field(default=None, metadata={"help": "model name the judge server(s) serve"})
+    judge_base_url: list[str] = field(default_factory=list, metadata={
+        "help": "OpenAI-compatible judge endpoint(s), e.g. http://node1:8000/v1; several share the load"})
+    judge_serving: str = field(default="an OpenAI-compatible endpoint", metadata={
+        "help": "how the judge is served, for the cards (e.g. 'local vLLM'); never a URL"})
+    judge_concurrency: int = field(default=16, metadata={"help": "judge requests in flight per server"})
+    judge_cache_dir: str | None = field(default=None, metadata={"help": "on-disk cache of judge replies"})
+    static_rubrics: list[str] = field(default_factory=lambda: ["Citation Discipline", "Off-Query Padding",
+                                                               "Wrong-Entity Confabulation"],
+                                      metadata={"help": "titles of the static rubric set added to every row's rubrics"})
+    instance_rubrics_only: bool = field(default=False, metadata={
+        "help": "rubric reward: score only the row's own rubrics (drop the static set from reward and logs)"})
 
 
 def resolve_resume(value: str | None, output_dir: str) -> str | None:
@@ -194,6 +208,11 @@ def build_card_info(script_args, training_args, model_args, reward_names: list[s
     notes = list(script_args.card_notes)
     if training_args.beta == 0:
         notes.append("No KL penalty (beta = 0), so no reference model was loaded.")
+    if "rubric" in reward_names:
+        notes.append("Rubric reward: the row's per-instance rubrics only (static set dropped)."
+                     if script_args.instance_rubrics_only else
+                     f"Rubric reward: the row's per-instance rubrics plus the static set "
+                     f"({', '.join(f'`{t}`' for t in script_args.static_rubrics)}).")
     if lora:
         notes.append(f"LoRA adapters: r={model_args.lora_r}, alpha={model_args.lora_alpha}, "
                      f"dropout={model_args.lora_dropout}, targets={model_args.lora_target_modules or 'peft default'}.")
@@ -221,6 +240,8 @@ def build_card_info(script_args, training_args, model_args, reward_names: list[s
         "; ".join(f"`{s['reward']}`: {task.reward_text(s['reward'])}"
                   for s in rewards.parse_schedule(script_args.reward_schedule)),
         "reward_components": [{"name": n, "weight": w} for n, w in zip(reward_names, weights)],
+        **({"judge": script_args.judge_model, "judge_serving": script_args.judge_serving}
+           if {"rubric", "citation"} & set(reward_names) else {}),
         **({"kl_estimator": "k3", "kl_beta": training_args.beta} if training_args.beta > 0 else {}),
         "optimizer": f"{_plain(training_args.optim)}, loss_type {training_args.loss_type}",
         "learning_rate": training_args.learning_rate, "lr_scheduler": _plain(training_args.lr_scheduler_type),

@@ -12,11 +12,49 @@ from typing import Callable
 from train.rewards.factuality import boxed_format, caution, fact, fact_caution, staged
 
 RewardFn = Callable[..., list]
+
+
+def _judge(args):
+    """The one judge client of this process, shared by the judge-backed rewards (built on first use)."""
+    from hubtools.judge import Judge
+    if not getattr(args, "judge_model", None) or not getattr(args, "judge_base_url", None):
+        raise ValueError("the rubric and citation rewards need a judge: set judge_model and judge_base_url "
+                         "(one or more OpenAI-compatible endpoints) in the recipe")
+    key = (args.judge_model, tuple(args.judge_base_url), args.judge_concurrency, args.judge_cache_dir)
+    if key not in _JUDGES:
+        _JUDGES[key] = Judge(args.judge_model, list(args.judge_base_url), concurrency=args.judge_concurrency,
+                             cache_dir=args.judge_cache_dir)
+    return _JUDGES[key]
+
+
+_JUDGES: dict[tuple, object] = {}
+
+
+def _rubric(args) -> RewardFn:
+    from train.rewards.rubric import make_rubric_reward, static_rubrics
+    positive, negative = static_rubrics(args.static_rubrics)
+    return make_rubric_reward(_judge(args), instance_rubrics_only=args.instance_rubrics_only,
+                              static_positive=positive, static_negative=negative)
+
+
+def _citation(args) -> RewardFn:
+    from train.rewards.rubric import make_citation_reward
+    return make_citation_reward(_judge(args))
+
+
+def _format(args) -> RewardFn:
+    from train.rewards.rubric import format_reward
+    return format_reward
+
+
 REWARDS: dict[str, Callable[[object], RewardFn]] = {
     "fact_caution": lambda args: fact_caution,
     "fact": lambda args: fact,
     "caution": lambda args: caution,
     "boxed_format": lambda args: boxed_format,
+    "rubric": _rubric,
+    "citation": _citation,
+    "format": _format,
 }
 
 

@@ -1,0 +1,128 @@
+"""Benchmark: judge throughput against OpenAI-shaped servers with a fixed 100 ms latency.
+
+The load target is a latency server started by this script in its own process (a bare ASGI app on
+uvicorn that answers every chat completion with {"score": 2} after `await asyncio.sleep(latency)`),
+so the figures measure the judge client: bounded concurrency, load balancing, cache writes, parsing.
+From one run it prints:
+- 64 in flight on one server, as a ratio of the limit 64 / latency (640 req/s; target ≥ 90 %);
+- the same as a ratio of a serial loop (measured on 30 calls and extrapolated; target ≥ 50×);
+- two servers behind two base URLs (64 in flight each) vs one (target ≥ 1.8×).
+Every call is a distinct prompt. The three are measured without the on-disk cache; a fourth line
+repeats the one-server run with the cache on (a temp dir), to show what writing it costs.
+
+    .venv/bin/python bench/judge.py [--calls 1000] [--serial 30] [--concurrency 64] [--latency 0.1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+from hubtools.hubenv import free_port
+from hubtools.judge import Judge
+
+REPLY = json.dumps({"id": "bench", "object": "chat.completion", "created": 0, "model": "bench-judge",
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": '{"score": 2}'}}]}).encode()
+
+
+def serve(port: int, latency: float) -> None:
+    """The latency server (runs in a child process)."""
+    import uvicorn
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        await asyncio.sleep(latency)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(REPLY)).encode())]})
+        await send({"type": "http.response.body", "body": REPLY})
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def start_server(latency: float) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, __file__, "--serve", str(port), "--latency", str(latency)])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, f"http://127.0.0.1:{port}/v1"
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"latency server on port {port} did not start")
+
+
+def rows(tag: str, n: int) -> list[dict]:
+    return [{"question": f"{tag} question {i}?", "response": f"Answer {i}.", "rubric": "Answers the question."}
+            for i in range(n)]
+
+
+async def timed(judge: Judge, batch: list[dict], *, serial: bool = False) -> float:
+    """Calls/s over `batch` (after one warm-up call that opens the connections)."""
+    await judge.score("rubric_score", **rows("warm-up", 1)[0])
+    wall = time.perf_counter()
+    if serial:
+        scores = [await judge.score("rubric_score", **row) for row in batch]
+    else:
+        scores = await asyncio.gather(*(judge.score("rubric_score", **row) for row in batch))
+    rate = len(batch) / (time.perf_counter() - wall)
+    assert scores == [1.0] * len(batch) and judge.stats()["errors"] == 0, judge.stats()
+    await judge.aclose()
+    return rate
+
+
+async def bench(args, urls: list[str], cache: str) -> None:
+    def judge(servers: list[str], concurrency: int, cache_dir: str | None = None) -> Judge:
+        return Judge("bench-judge", servers, concurrency=concurrency, cache_dir=cache_dir)
+
+    limit = args.concurrency / args.latency
+    cpu = time.process_time()
+    serial = await timed(judge(urls[:1], 1), rows("serial", args.serial), serial=True)
+    one = await timed(judge(urls[:1], args.concurrency), rows("one", args.calls))
+    two = await timed(judge(urls, args.concurrency), rows("two", args.calls))
+    cpu_per_call = (time.process_time() - cpu) / (args.serial + 2 * args.calls + 3)
+    cached = await timed(judge(urls[:1], args.concurrency, cache), rows("cached", args.calls))
+    print(f"latency {args.latency * 1000:.0f} ms per request, {args.calls} calls per concurrent run, "
+          f"client CPU {cpu_per_call * 1000:.2f} ms per call without the cache")
+    print(f"serial loop ({args.serial} calls)       : {serial:7.1f} calls/s")
+    print(f"one server, {args.concurrency} in flight      : {one:7.1f} calls/s = {one / limit:6.1%} of the "
+          f"limit {limit:.0f}/s (target ≥ 90 %) = {one / serial:5.1f}× the serial loop (target ≥ 50×)")
+    print(f"two servers, {args.concurrency} in flight each: {two:7.1f} calls/s = {two / one:5.2f}× one server "
+          "(target ≥ 1.8×)")
+    print(f"one server, cache on          : {cached:7.1f} calls/s = {cached / limit:6.1%} of the limit")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--calls", type=int, default=1000)
+    ap.add_argument("--serial", type=int, default=30)
+    ap.add_argument("--concurrency", type=int, default=64, help="requests in flight per server")
+    ap.add_argument("--latency", type=float, default=0.1, help="seconds each server waits before answering")
+    ap.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)  # the latency server's process
+    args = ap.parse_args()
+    if args.serve:
+        return serve(args.serve, args.latency)
+
+    servers = [start_server(args.latency) for _ in range(2)]
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-judge-") as cache:
+            asyncio.run(bench(args, [url for _, url in servers], cache))
+    finally:
+        for proc, _ in servers:
+            proc.terminate()
+            proc.wait(10)
+
+
+if __name__ == "__main__":
+    main()
