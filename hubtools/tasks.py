@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 @dataclass(frozen=True)
 class Task:
     name: str
+    description: str              # what the policy does (cards)
+    dataset_description: str      # the dataset columns the rewards read (cards)
     system_prompt: str
     output_format: str            # what a completion must look like (cards)
     rewards: dict[str, str]       # reward name → what it pays (cards); the functions live in train/rewards
@@ -26,6 +28,10 @@ class Task:
 
 FACTUALITY = Task(
     name="factuality",
+    description="Answer a factual question with a short final answer in `\\boxed{}`, or abstain with "
+                "`\\boxed{Unknown}` when unsure.",
+    dataset_description="each row carries the question, its gold `answers` (aliases) and `answerable`, "
+                        "selected to be just hard enough for the base model",
     # The study's system prompt: it asks for exactly the output format `hubtools.scoring.grade_answer` reads.
     system_prompt=("A conversation between User and Assistant. The Assistant must think step by step. "
                    "Then give a brief answer in \\boxed{} if sure about the answer, otherwise the "
@@ -46,6 +52,9 @@ FACTUALITY = Task(
 
 RL_HARD = Task(
     name="rl_hard",
+    description="Given an agent's reasoning + search-tool output, produce a concise, citation-grounded refined answer.",
+    dataset_description="each row carries per-instance `positive_rubrics` / `negative_rubrics` written by an LLM, "
+                        "and the raw `tool_output` whose snippet ids the answer may cite",
     system_prompt=("You refine a research agent's work into the final answer. You get the user's question, the "
                    "agent's reasoning and the raw output of its search tool, whose passages carry ids. Write one "
                    "<answer>...</answer> block that answers the question concisely. Wrap every factual claim in "

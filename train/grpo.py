@@ -47,6 +47,10 @@ class ScriptArguments:
     card_notes: list[str] = field(default_factory=list, metadata={"help": "known notes for every card"})
     card_license: str = field(default="apache-2.0", metadata={"help": "license in the model cards"})
     intended_use: str | None = field(default=None, metadata={"help": "intended-use text for the cards"})
+    base_model_description: str | None = field(default=None, metadata={
+        "help": "how the base model was made, for the cards (e.g. 'SFT on rubric-grounded refiner data')"})
+    max_prompt_length: int | None = field(default=None, metadata={
+        "help": "drop training rows whose prompt is longer than this many tokens (counted in the log and cards)"})
     # The LLM judge of the judge-backed rewards (rubric, citation): any OpenAI-compatible server(s).
     judge_model: str | None = field(default=None, metadata={"help": "model name the judge server(s) serve"})
     judge_base_url: list[str] = field(default_factory=list, metadata={
@@ -75,6 +79,29 @@ def resolve_resume(value: str | None, output_dir: str) -> str | None:
     if not (local / "trainer_state.json").exists():
         raise ValueError(f"{value} has no trainer_state.json: it is not a training checkpoint")
     return str(local)
+
+
+def drop_long_prompts(dataset, model: str, max_tokens: int | None):
+    """(rows whose prompt fits in `max_tokens` of `model`'s tokenizer, how many were dropped). TRL does not
+    truncate prompts, and a cut prompt would lose the tool output the answer must cite, so a longer row
+    is left out whole."""
+    if not max_tokens:
+        return dataset, 0
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(model)
+
+    def length(row) -> int:
+        prompt = row["prompt"]
+        if isinstance(prompt, list):  # conversational
+            return len(tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True))
+        return len(tokenizer(prompt)["input_ids"])
+
+    kept = dataset.filter(lambda row: length(row) <= max_tokens)
+    dropped = len(dataset) - len(kept)
+    if dropped:
+        log.warning("dropped %d of %d training rows whose prompt is over max_prompt_length=%d tokens",
+                    dropped, len(dataset), max_tokens)
+    return kept, dropped
 
 
 def load_train_dataset(args: ScriptArguments):
@@ -193,7 +220,7 @@ def _plain(value) -> str:
 
 
 def build_card_info(script_args, training_args, model_args, reward_names: list[str], world_size: int,
-                    argv: list[str]) -> dict:
+                    argv: list[str], dropped_long_prompts: int = 0) -> dict:
     """Run facts for the step cards (see examples/grpo_step_card.yaml for the keys)."""
     from hubtools.tasks import get_task
     from train import rewards
@@ -204,10 +231,16 @@ def build_card_info(script_args, training_args, model_args, reward_names: list[s
     parallel = f"{world_size} process(es)"
     if training_args.deepspeed or os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true":
         parallel += ", DeepSpeed"
-    context = {"max_completion_length": training_args.max_completion_length}
+    context = {"max_prompt_length": script_args.max_prompt_length,
+               "max_completion_length": training_args.max_completion_length,
+               "vllm_max_model_length": training_args.vllm_max_model_length if training_args.use_vllm else None}
+    context = {k: v for k, v in context.items() if v is not None}
     notes = list(script_args.card_notes)
     if training_args.beta == 0:
         notes.append("No KL penalty (beta = 0), so no reference model was loaded.")
+    if dropped_long_prompts:
+        notes.append(f"{dropped_long_prompts} training row(s) with prompts over {script_args.max_prompt_length} "
+                     "tokens were left out.")
     if "rubric" in reward_names:
         notes.append("Rubric reward: the row's per-instance rubrics only (static set dropped)."
                      if script_args.instance_rubrics_only else
@@ -232,7 +265,8 @@ def build_card_info(script_args, training_args, model_args, reward_names: list[s
         **({"base_model": base_id} if base_id else {}),
         "algorithm": "GRPO", "algorithm_trainer": "TRL `GRPOTrainer`", "algorithm_script": "train/grpo.py",
         "algorithm_repo": f"hubtools {version}" + (f" @ {commit[:7]}" if commit != "unknown" else ""),
-        "task": script_args.task,
+        "task": task.description, "dataset_description": task.dataset_description,
+        "base_model_description": script_args.base_model_description,
         "dataset": hub_id(script_args.dataset_name), "dataset_split": script_args.dataset_train_split,
         "reward_description": "; ".join(f"`{n}`: {task.reward_text(n.split('_then_')[0])}" for n in reward_names)
         if not script_args.reward_schedule else
@@ -284,13 +318,14 @@ def main(argv: list[str] | None = None) -> dict:
                                                               training_args.output_dir)
 
     dataset = load_train_dataset(script_args)
+    dataset, dropped = drop_long_prompts(dataset, model_args.model_name_or_path, script_args.max_prompt_length)
     trainer = GRPOTrainer(model=model_args.model_name_or_path, reward_funcs=reward_funcs, args=training_args,
                           train_dataset=dataset, peft_config=get_peft_config(model_args))
     world = trainer.accelerator.num_processes
     publisher = None
     if script_args.publish_repo and trainer.accelerator.is_main_process:
         from hubtools.publish import AsyncPublisher
-        base_info = build_card_info(script_args, trainer.args, model_args, reward_names, world, argv)
+        base_info = build_card_info(script_args, trainer.args, model_args, reward_names, world, argv, dropped)
 
         def card_info(step: int, history: list[dict]) -> dict:
             info = dict(base_info, notes=list(base_info["notes"]))
