@@ -243,3 +243,31 @@ def test_slurm_script_launches_real_flags(tmp_path):
     assert script_args.reward_funcs == ["fact_caution"]  # the recipe's keys still apply
     hf_env = (tmp_path / "accelerate.env").read_text().split()
     assert "HF_ENDPOINT=http://hub.internal:7860" in hf_env and "HF_HUB_DISABLE_XET=1" in hf_env
+
+
+def test_refiner_recipe_step_card_carries_the_published_cards_facts():
+    """The rubric refiner recipe's step card, built from the run's own config (no hand-written run
+    info), states every fact of the published step-50 card it reproduces."""
+    from train.grpo import build_card_info
+    argv = ["--config", str(ROOT / "train" / "recipes" / "rl_hard_refiner.yaml"),
+            "--use_cpu", "true", "--bf16", "false"]  # parsing only: no GPU here
+    args = parse_grpo(argv)
+    info = build_card_info(*args, ["rubric", "citation"], 8, argv)
+    text = str(render_model_card(info | {"repo_id": "hubtools/refiner", "step": 50, "revision": "step-50"}))
+    facts = [
+        "base_model: lihaoxin2020/qwen3-4b-refiner-gpt54-ep2", "(SFT on GPT-5.4 rubric-grounded refiner data)",
+        "GRPO (TRL `GRPOTrainer`", "**Training step:** 50",
+        "Given an agent's reasoning + search-tool output, produce a concise, citation-grounded refined answer.",
+        "`lihaoxin2020/rl_hard_gpt5_sft_gpt54rubric` (train split)", "per-instance `positive_rubrics` / `negative_rubrics`",
+        "negative ones are flipped (1 - s)", "`Citation Discipline`, `Off-Query Padding`, `Wrong-Entity Confabulation`",
+        "**Judge:** `Qwen/Qwen3.5-35B-A3B` served via local vLLM", "**citation** (weight 0.2)",
+        "`beta = 0.001`", "k3", "adamw_torch", "5e-06", "constant", "per_device_train_batch_size = 1",
+        "8 process(es)", "32 unique prompts × 8 samples per prompt", "`temperature = 1.0`",
+        "`max_prompt_length = 6144`", "`max_completion_length = 1024`", "**Seed:** 42",
+        "single `<answer>...</answer>` block", "<snippet id=ID1,ID2,...>claim</snippet>",
+        "baselines for ablations on rubric design, citation weighting, or judge choice",
+        "--config train/recipes/rl_hard_refiner.yaml", "--reward_weights 1.0 0.2\n", "--beta 0.001\n",
+        "--learning_rate 5e-06\n", "--max_completion_length 1024\n", "--seed 42\n",
+    ]
+    missing = [f for f in facts if f not in text]
+    assert not missing, missing
