@@ -212,6 +212,14 @@ def build_parser() -> argparse.ArgumentParser:
     fe.add_argument("--no-card", action="store_true", help="do not write results into the model cards")
     fe.add_argument("--output-dir", default="eval-results")
     fe.set_defaults(func=_eval_factuality)
+    from hubtools.eval import eval_module
+    from hubtools.tasks import TASKS
+    for name in sorted(set(TASKS) - {"factuality"}):
+        module = eval_module(name)
+        task_parser = ev_sub.add_parser(name, help=(module.__doc__ or "").strip().split("\n")[0],
+                                        description=(module.__doc__ or "").strip())
+        module.add_arguments(task_parser)
+        task_parser.set_defaults(func=module.run)
 
     demo = sub.add_parser(
         "demo", help="run the whole factuality loop offline on embedded defaults",
