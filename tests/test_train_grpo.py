@@ -271,3 +271,30 @@ def test_refiner_recipe_step_card_carries_the_published_cards_facts():
     ]
     missing = [f for f in facts if f not in text]
     assert not missing, missing
+
+
+def test_judge_rewards_run_publishing_step_cards(tmp_path, tiny_model_dir, hub, repo_name):
+    """A 2-step GRPO run with the rubric, citation and format rewards, judged by a real `transformers
+    serve` (the tiny random model: its replies do not parse, so rubric/citation are None and the
+    format reward carries the step); each step card names the judge and the reward composition."""
+    from datasets import Dataset, DatasetDict
+
+    from hubtools.generation import serve_transformers
+    from hubtools.tasks import RL_HARD
+    tools = "<snippet id=S1>Paris is the capital of France.</snippet>"
+    rows = [{"prompt": [{"role": "system", "content": RL_HARD.system_prompt},
+                        {"role": "user", "content": f"Question: capital of France?\n\nTool output:\n{tools}"}],
+             "tool_output": tools, "positive_rubrics": [{"title": "Names Paris", "description": "Paris."}],
+             "negative_rubrics": [{"title": "Names Lyon", "description": "Lyon."}]} for _ in range(4)]
+    data = tmp_path / "rubric-data"
+    DatasetDict(train=Dataset.from_list(rows)).save_to_disk(str(data))
+    with serve_transformers(tiny_model_dir) as url:
+        grpo(tmp_path, tiny_model_dir, str(data), repo_name, "--task", "rl_hard",
+             "--reward_funcs", "rubric", "citation", "format", "--reward_weights", "1.0", "0.2", "1.0",
+             "--judge_model", str(tiny_model_dir), "--judge_base_url", url, "--judge_serving", "transformers serve")
+    card = ModelCard.load(hf_hub_download(repo_name, "README.md", revision="step-2"))
+    assert "**Judge:** `" in card.text and "served via transformers serve" in card.text
+    assert "**citation** (weight 0.2)" in card.text and "negative ones are flipped (1 - s)" in card.text
+    assert "single `<answer>...</answer>` block" in card.text
+    history = json.loads(open(hf_hub_download(repo_name, "trainer_state.json", revision="step-2")).read())
+    assert any("rewards/format/mean" in h for h in history["log_history"])
