@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--header-timeout", type=float,
                    help="seconds a client has to send a request's headers (default 30)")
     s.add_argument("--body-timeout", type=float,
-                   help="seconds a request body may stall between two reads (default 60)")
+                   help="seconds a client may stall, sending a request body or reading an answer (default 60)")
     s.set_defaults(func=_hub_serve)
 
     m = hub_sub.add_parser(

@@ -52,6 +52,16 @@ def _commit(port: int, repo: str, lines: list, rev: str = "main") -> bytes:
                                AUTH + "Content-Type: application/x-ndjson\r\n"))
 
 
+def _server_holds(port: int, client_port: int) -> bool:
+    """Whether the server side (local `port`) of the connection from `client_port` is still
+    ESTABLISHED, i.e. held open by the server process (/proc/net/tcp)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, remote, state = line.split()[1:4]
+        if int(local.rsplit(":", 1)[1], 16) == port and int(remote.rsplit(":", 1)[1], 16) == client_port:
+            return state == "01"
+    return False
+
+
 def _rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -238,6 +248,19 @@ def test_stalled_clients_time_out(tmp_path):
             except (BrokenPipeError, ConnectionResetError):
                 pass
             assert _status(s.recv(65536)) == 408 and time.time() - t < 5
+        # A body the route never reads: answered, then the connection closes (no byte-by-byte drain).
+        with socket.create_connection(("127.0.0.1", h.port), timeout=10) as s:
+            s.sendall(b"GET /api/models HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000000000\r\n\r\nx")
+            answer = s.recv(65536)
+            assert _status(answer) == 200 and b"connection: close" in answer.lower()
+        # A client that stops reading a large answer is cut off after the timeout, freeing its slot.
+        api = HfApi(endpoint=h.url, token=HUB_TOKEN)
+        api.upload_file(path_or_fileobj=b"\0" * (32 << 20), path_in_repo="big.bin", repo_id="slow/repo")
+        with socket.create_connection(("127.0.0.1", h.port), timeout=2) as s:
+            s.sendall(b"GET /slow/repo/resolve/main/big.bin HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            time.sleep(3.5)  # read nothing while the server's buffers fill
+            # The server let go of the connection (the kernel may still hold its unsent bytes).
+            assert not _server_holds(h.port, s.getsockname()[1]), "the stalled download still holds its connection"
         assert not any((tmp_path / "slow-hub" / "tmp").iterdir())
     finally:
         h.stop()
@@ -372,8 +395,14 @@ def test_ref_names_git_refuses_and_percent_names(hub, repo, api):
 
 
 def test_invalid_range_is_ignored(hub, repo):
-    for rng in ("items=0-1", "bytes=4-2", ""):
+    for rng in ("items=0-1", "bytes=4-2", "", "bytes=1-" + "9" * 5000, "bytes=" + "1" * 5000 + "-"):
         answer = _raw(hub.port, _request("GET", f"/{repo}/resolve/main/w.txt", headers=f"Range: {rng}\r\n"))
         assert _status(answer) == 200 and answer.endswith(b"v1"), rng
     answer = _raw(hub.port, _request("GET", f"/{repo}/resolve/main/w.txt", headers="Range: bytes=1-1\r\n"))
     assert _status(answer) == 206 and answer.endswith(b"1")
+
+
+def test_tree_cursor_is_validated(hub, repo):
+    for cursor in ("%C2%B2", "9" * 5000, "-1"):
+        answer = _raw(hub.port, _request("GET", f"/api/models/{repo}/tree/main?cursor={cursor}", headers=""))
+        assert _status(answer) == 400, cursor

@@ -50,12 +50,12 @@ JSON_LIMIT = 2 << 20             # a JSON request body (preupload, LFS batch, pa
 COMMIT_LINE_LIMIT = 16 << 20     # one ndjson commit line (an inline base64 file)
 UPLOAD_BATCH = 8 << 20           # an LFS body is hashed and written in batches of this many bytes
 MEMORY_BUDGET = 128 << 20        # bytes of request bodies held in memory, all requests together
+ANONYMOUS_BUDGET = 16 << 20      # of which requests without a valid token (a hub with a token) may hold
 BODY_IDLE_TIMEOUT = 60.0         # seconds a body may stall between two reads
 HEADER_TIMEOUT = 30.0            # seconds to send a request's line and headers
 HEADER_LIMIT = 64 << 10          # bytes of request line + headers
 HEADER_COUNT = 100               # header lines per request
 PIPELINE_LIMIT = 16              # requests a client may queue on one connection before it is closed
-WRITE_TIMEOUT = 60.0             # seconds a client may leave our answer unread
 PATHS_INFO_LIMIT = 1000          # paths per paths-info request
 TREE_PAGE = 1000                 # entries per tree listing page (the rest via a Link: rel="next" header)
 COMMIT_OPS_LIMIT = 25_000        # operations in one commit
@@ -126,8 +126,8 @@ class CommitLine(_Body):
 
 
 class CommitHeader(_Body):
-    summary: str = ""
-    description: str = ""
+    summary: str = Field(default="", max_length=4096)
+    description: str = Field(default="", max_length=65536)
     parentCommit: str | None = None
 
 
@@ -183,6 +183,7 @@ class Hub:
         self.token = token.encode() if token else None
         self.body_timeout = body_timeout
         self.budget = _Budget(MEMORY_BUDGET)
+        self.anonymous_budget = _Budget(ANONYMOUS_BUDGET)  # readers without a token cannot starve the writers
         # Upload links are pre-signed (clients PUT them without auth headers, as with S3).
         self.signing_key = (token or "").encode() + secrets.token_bytes(16)
 
@@ -262,7 +263,6 @@ async def _chunks(request: Request, whole: bool = False) -> AsyncIterator[bytes]
                 try:
                     chunk = await stream.__anext__()
                 except StopAsyncIteration:
-                    request.state.body_done = True
                     return
                 deadline.reschedule(None)
                 if chunk:
@@ -273,18 +273,19 @@ async def _chunks(request: Request, whole: bool = False) -> AsyncIterator[bytes]
 
 async def _read_body(request: Request, limit: int = JSON_LIMIT) -> bytes:
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
+    if declared and re.fullmatch(r"[0-9]{1,18}", declared) and int(declared) > limit:
         raise HubError(413, f"Request body of {declared} bytes is over the {limit}-byte limit for this route")
     hub, buf = _hub(request), bytearray()
+    budget = hub.budget if hub.authorized(request) else hub.anonymous_budget
     try:
         async for chunk in _chunks(request, whole=True):
             if len(buf) + len(chunk) > limit:
                 raise HubError(413, f"Request body is over the {limit}-byte limit for this route")
-            hub.budget.take(len(chunk))
+            budget.take(len(chunk))
             buf += chunk
         return bytes(buf)
     finally:
-        hub.budget.give(len(buf))
+        budget.give(len(buf))
 
 
 def parse_json(raw: bytes, where: str = "request body") -> Any:
@@ -313,12 +314,9 @@ def header_safe(text: str, limit: int = 500) -> str:
 
 def _error_response(request: Request, status: int, message: str, code: str | None = None,
                     extra: dict | None = None) -> Response:
-    headers = {"X-Error-Message": header_safe(message)}
+    headers = {"X-Error-Message": header_safe(message)}  # Connection: close, if the body is unread: _Guard
     if code:
         headers["X-Error-Code"] = code
-    has_body = request.headers.get("content-length", "0") not in ("", "0") or "transfer-encoding" in request.headers
-    if has_body and not getattr(request.state, "body_done", False):
-        headers["Connection"] = "close"  # unread body bytes must never be parsed as a next request
     return JSONResponse({**(extra or {}), "error": message}, status_code=status, headers=headers)
 
 
@@ -512,7 +510,7 @@ async def tree(request: Request) -> Response:
     Hub (huggingface_hub follows it): one response never holds a 100k-file listing."""
     path = param(request, "path") if "path" in request.path_params else ""
     cursor = request.query_params.get("cursor", "0")
-    if not cursor.isdigit():
+    if not re.fullmatch(r"[0-9]{1,12}", cursor):
         raise HubError(400, "Invalid query: cursor must be a non-negative integer")
     entries = await run_in_threadpool(_tree, _hub(request), request, _rev(request), path)
     start = int(cursor)
@@ -656,11 +654,11 @@ class _CommitParser:
 
     async def line(self, raw: bytes) -> None:
         self.n += 1
+        if self.n > COMMIT_OPS_LIMIT:  # blank lines count: each costs a parse step too
+            raise HubError(413, f"A commit holds at most {COMMIT_OPS_LIMIT} lines")
         if not raw.strip():
             return
         where = f"commit line {self.n}"
-        if self.n > COMMIT_OPS_LIMIT:
-            raise HubError(413, f"A commit holds at most {COMMIT_OPS_LIMIT} operations")
         item = _validated(CommitLine, parse_json(raw, where), where)
         if item.key == "header":
             self.header = _validated(CommitHeader, item.value, f"{where} (header)")
@@ -738,7 +736,7 @@ def _resolve_file(hub: Hub, request: Request):
     return oid, f
 
 
-_RANGE = re.compile(r"^bytes=\s*(\d*-\d*)(\s*,\s*\d*-\d*)*\s*$")
+_RANGE = re.compile(r"^bytes=[ \t]*([0-9]{0,18}-[0-9]{0,18})([ \t]*,[ \t]*[0-9]{0,18}-[0-9]{0,18})*[ \t]*$")
 
 
 def _range_is_valid(value: str) -> bool:
@@ -836,12 +834,36 @@ class _Guard:
             response = JSONResponse({"error": refusal}, 403, headers={"X-Error-Message": header_safe(refusal),
                                                                        "Connection": "close"})
             return await response(scope, receive, send)
+        if headers.get(b"content-length", b"0") not in (b"", b"0") or b"transfer-encoding" in headers:
+            receive, send = _close_unless_body_read(receive, send)
         raw = scope.get("raw_path") or b""
         if b"%" in raw:
             parts = re.split(rb"(%2[fF]|%25)", raw)
             scope = dict(scope, path="".join(p.decode("latin-1").upper() if i % 2 else unquote(p.decode("latin-1"))
                                              for i, p in enumerate(parts)))
         await self.app(scope, receive, send)
+
+
+def _close_unless_body_read(receive, send):
+    """Wrap a request's receive/send so that an answer sent before the whole body arrived says
+    `Connection: close`: uvicorn would otherwise keep reading (and discarding) a body the app never
+    asked for, byte by byte, and the connection would never free its slot."""
+    done = False
+
+    async def counting_receive():
+        nonlocal done
+        message = await receive()
+        if message["type"] == "http.request" and not message.get("more_body", False):
+            done = True
+        return message
+
+    async def closing_send(message):
+        if message["type"] == "http.response.start" and not done:
+            headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
+            message = {**message, "headers": headers + [(b"connection", b"close")]}
+        await send(message)
+
+    return counting_receive, closing_send
 
 
 def create_app(root: str | os.PathLike, token: str | None = None, body_timeout: float = BODY_IDLE_TIMEOUT,
@@ -864,6 +886,7 @@ class _HubProtocol(HttpToolsProtocol):
     would otherwise hold a connection or grow memory)."""
 
     header_timeout = HEADER_TIMEOUT
+    write_timeout = BODY_IDLE_TIMEOUT  # a client that stops reading our answer stalls like one that stops sending
     _header_timer: asyncio.TimerHandle | None = None
     _write_timer: asyncio.TimerHandle | None = None
     _header_bytes = _header_count = 0
@@ -934,7 +957,7 @@ class _HubProtocol(HttpToolsProtocol):
     def pause_writing(self) -> None:
         super().pause_writing()
         if self._write_timer is None:
-            self._write_timer = self.loop.call_later(WRITE_TIMEOUT, self.transport.close)
+            self._write_timer = self.loop.call_later(self.write_timeout, self.transport.abort)  # close() would wait for the unread bytes
 
     def resume_writing(self) -> None:
         if self._write_timer is not None:
@@ -952,7 +975,8 @@ class HubServer:
         """Bound to a loopback address, the hub answers only loopback Host names (plus `allowed_hosts`);
         bound elsewhere, any Host unless `allowed_hosts` is given."""
         if allowed_hosts or host in LOOPBACK_HOSTS:
-            allowed = {h.lower() for h in allowed_hosts or []} | (LOOPBACK_HOSTS if host in LOOPBACK_HOSTS else set())
+            named = {urlsplit("//" + h).hostname or h.lower() for h in allowed_hosts or []}  # "hub:7860" → "hub"
+            allowed = named | (LOOPBACK_HOSTS if host in LOOPBACK_HOSTS else set())
         else:
             allowed = None
         self.app = create_app(root, token, body_timeout, allowed)
@@ -962,7 +986,7 @@ class HubServer:
         self.sock.bind((host, port))
         self.host, self.port = host, self.sock.getsockname()[1]
         self.server = uvicorn.Server(uvicorn.Config(
-            self.app, http=type("HubProtocol", (_HubProtocol,), {"header_timeout": header_timeout}), loop="uvloop",
+            self.app, http=type("HubProtocol", (_HubProtocol,), {"header_timeout": header_timeout, "write_timeout": body_timeout}), loop="uvloop",
             lifespan="off", access_log=False, log_level="warning",
             limit_concurrency=MAX_CONNECTIONS, timeout_keep_alive=30, timeout_graceful_shutdown=10,
             server_header=False))
