@@ -129,11 +129,11 @@ def load_recipe(path: str | Path, spec: RecipeSpec) -> dict:
         if isinstance(src, dict) and isinstance(src.get("path"), str):
             src["path"] = _resolve(src["path"], base, always=False)
     gen = data.get("generator")
-    if isinstance(gen, dict):
-        if isinstance(gen.get("model"), str):
-            gen["model"] = _resolve(gen["model"], base, always=False)
-        if isinstance(gen.get("cache_dir"), str):
-            gen["cache_dir"] = _resolve(gen["cache_dir"], base, always=True)
+    if isinstance(gen, dict) and isinstance(gen.get("model"), str):
+        gen["model"] = _resolve(gen["model"], base, always=False)
+    for block in data.values():  # the generator's, and any served model's (a judge's) cache
+        if isinstance(block, dict) and isinstance(block.get("cache_dir"), str):
+            block["cache_dir"] = _resolve(block["cache_dir"], base, always=True)
     if isinstance(data.get("output_dir"), str):
         data["output_dir"] = _resolve(data["output_dir"], base, always=True)
     try:
@@ -242,6 +242,32 @@ def load_sources(recipe: dict, parse_row: Callable[[dict, dict, str, int], objec
     return by_source, skipped
 
 
+# -- sampling -------------------------------------------------------------------------------
+def sample_k(generator, prompts: list[list[dict]], recipe: dict, desc: str) -> list[list[str]]:
+    """`recipe["k"]` samples per chat prompt with the recipe's `sampling` and `seed`, in one `generate`
+    call (the generator batches and caches); a backend that returns another count is an error."""
+    from hubtools.generation import SamplingParams
+    k, s = recipe["k"], recipe["sampling"]
+    params = SamplingParams(n=k, max_new_tokens=s["max_new_tokens"], temperature=s["temperature"],
+                            top_p=s["top_p"], seed=recipe["seed"])
+    outputs = generator.generate(prompts, params, desc=desc)
+    if len(outputs) != len(prompts) or any(len(o) != k for o in outputs):
+        raise RuntimeError(f"{generator!r} returned {[len(o) for o in outputs]} samples for {len(prompts)} "
+                           f"prompts; expected {k} each")
+    return outputs
+
+
+def model_label(model: str) -> str:
+    """A model as a card names it: the packaged SmolLM2 by its Hub id, not by a local cache path."""
+    from hubtools.models import SMOLLM2, SMOLLM2_REPO
+    return f"{SMOLLM2_REPO} (packaged GGUF)" if Path(model).name == SMOLLM2 else model
+
+
+def describe_generator(generator) -> tuple[str, str]:
+    """(model label, backend name) of a `make_generator` generator, for logs and cards."""
+    return model_label(generator.model), type(generator).__name__.removesuffix("Generator").lower()
+
+
 # -- output ---------------------------------------------------------------------------------
 def split_train_test(rows: list[dict], test_size: int | float, seed: int) -> tuple[list[dict], list[dict]]:
     """Seeded random test split (a count, or a fraction rounded, at least 1); both splits non-empty."""
@@ -291,6 +317,15 @@ def write_outputs(builder: str, dd, recipe: dict, files: dict[str, bytes], info:
 
 def say(builder: str, text: str) -> None:
     print(f"[{builder}] {text}", flush=True)
+
+
+def own_command() -> str:
+    """This process's command line, secrets redacted: the reproduction command of a `build` called
+    from Python."""
+    import sys
+
+    from hubtools.redact import redact_argv
+    return shlex.join(redact_argv([Path(sys.argv[0]).name, *sys.argv[1:]]))
 
 
 # -- command line ---------------------------------------------------------------------------

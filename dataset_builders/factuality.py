@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import random
-import shlex
-import sys
 from collections import Counter
 from dataclasses import dataclass
 from itertools import zip_longest
@@ -237,15 +235,8 @@ def select_questions(rows: list[dict], n: int | None, rule: str = "variance", *,
 
 def sample_and_grade(generator, questions: list[Question], prompts: list[list[dict]],
                      recipe: dict) -> list[list[Grade]]:
-    """k samples per question in one `generate` call (the generator batches and caches), all graded."""
-    from hubtools.generation import SamplingParams
-    k, s = recipe["k"], recipe["sampling"]
-    params = SamplingParams(n=k, max_new_tokens=s["max_new_tokens"], temperature=s["temperature"],
-                            top_p=s["top_p"], seed=recipe["seed"])
-    outputs = generator.generate(prompts, params, desc=f"sampling k={k}")
-    if len(outputs) != len(prompts) or any(len(o) != k for o in outputs):
-        raise RuntimeError(f"{generator!r} returned {[len(o) for o in outputs]} samples for {len(prompts)} "
-                           f"prompts; expected {k} each")
+    """k samples per question, all graded."""
+    outputs = common.sample_k(generator, prompts, recipe, desc=f"sampling k={recipe['k']}")
     return [[grade_answer(text, q.answers, answerable=q.answerable) for text in texts]
             for q, texts in zip(questions, outputs)]
 
@@ -274,11 +265,6 @@ def features():
         "prompt": List({"role": Value("string"), "content": Value("string")}),
         "pass_rate": Value("float64"), "not_attempted_rate": Value("float64"), "variance": Value("float64"),
     })
-
-
-def _model_label(model: str) -> str:
-    from hubtools.models import SMOLLM2, SMOLLM2_REPO
-    return f"{SMOLLM2_REPO} (packaged GGUF)" if Path(model).name == SMOLLM2 else model
 
 
 def card_info(recipe: dict, stats: dict, model: str, backend: str, repro_command: str) -> dict:
@@ -329,10 +315,9 @@ def build(recipe: dict, *, push_to_hub: str | None = None, output_dir: str | Pat
 
     from hubtools.generation import make_generator
     from hubtools.plots import histograms
-    from hubtools.redact import redact_argv
 
     recipe = apply_overrides(recipe, **overrides)
-    repro_command = repro_command or shlex.join(redact_argv([Path(sys.argv[0]).name, *sys.argv[1:]]))
+    repro_command = repro_command or common.own_command()
 
     by_source, skipped = load_sources(recipe)
     _say("loaded " + ", ".join(f"{name}: {len(qs)}" for name, qs in by_source.items())
@@ -342,7 +327,7 @@ def build(recipe: dict, *, push_to_hub: str | None = None, output_dir: str | Pat
     prompts = [make_prompt(recipe["system_prompt"], q.question) for q in questions]
 
     generator = make_generator(recipe["generator"])
-    model, backend = _model_label(generator.model), type(generator).__name__.removesuffix("Generator").lower()
+    model, backend = common.describe_generator(generator)
     _say(f"sampling {len(questions)} questions ({per_source} per source) × k={recipe['k']} from {model} ({backend})")
     grades = sample_and_grade(generator, questions, prompts, recipe)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-BUILDERS = {"factuality": "dataset_builders.factuality"}
+BUILDERS = {"factuality": "dataset_builders.factuality", "rl_hard": "dataset_builders.rl_hard"}
 
 
 def get_builder(name: str) -> ModuleType:
