@@ -1,29 +1,64 @@
 """`hubtools demo`: the whole factuality loop on embedded defaults, offline, on a CPU.
 
 local hub → just-hard-enough dataset from the bundled questions (sampled from the packaged
-SmolLM2-135M-Instruct) → a few GRPO steps publishing `step-N` revisions with cards → eval table of
-the published revisions (written into their cards) → `from_pretrained(repo, revision=…)`.
+SmolLM2-135M-Instruct) → GRPO with train/recipes/factuality_demo.yaml, publishing `step-N` revisions
+with cards → eval table: the base model, each revision (written into its card), and the last one
+again with another sampling seed, whose difference is the eval's noise; a verdict names what moved
+from the base model beyond that noise → `from_pretrained(repo, revision=…)`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 DATASET_REPO = "demo/factuality-just-hard-enough"
 MODEL_REPO = "demo/smollm2-factuality-grpo"
 ROOT = Path(__file__).resolve().parents[1]
-
+DEMO_RECIPE = ROOT / "train" / "recipes" / "factuality_demo.yaml"
 
 
 def start_local_hub(root: Path) -> str:
     """Serve a local hub from `root` on a background thread; returns its URL."""
     from hubtools.localhub.server import HubServer
     return HubServer(root, port=0).start_thread().url  # the OS picks a free port
+
+
+def _points(s) -> dict[str, tuple[float, float]]:
+    """Metric → (value, resolution) in points: the breakdown counts questions, the rest samples."""
+    per_question, per_sample = 100 / s.questions, 100 / (s.questions * s.k)
+    return {**{name: (v, per_question) for name, v in s.breakdown.items()},
+            **{name: (100 * v, per_sample) for name, v in (("Boxed", s.boxed or 0.0), ("Correct", s.correct),
+                                                          ("Not attempted", s.not_attempted),
+                                                          ("Hallucination rate", s.hallucination_rate))}}
+
+
+def compare(base, last, again) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
+    """The noise per metric — |difference| between two evals of `last` with different sampling seeds — and
+    the metrics that moved from `base` to `last` by more than that noise and than one question or sample
+    (so a metric whose two seeds happen to agree does not count a single sample as a move)."""
+    before, after, after_again = _points(base), _points(last), _points(again)
+    noise = {name: round(abs(after[name][0] - after_again[name][0]), 2) for name in after}
+    moved = {name: (before[name][0], value) for name, (value, resolution) in after.items()
+             if abs(value - before[name][0]) > max(noise[name], resolution)}
+    return noise, moved
+
+
+def verdict(last: str, moved: dict[str, tuple[float, float]]) -> str:
+    """One line: what moved from the base model to `last` (before → after), and what that means."""
+    if not moved:
+        return f"nothing moved beyond the noise between the base model and {last}"
+    ups = [what for name, what in (("Correct", "more correct answers"), ("Not attempted", "more abstentions"),
+                                   ("Boxed", "the answer format")) if name in moved and moved[name][1] > moved[name][0]]
+    return (f"base model → {last}, beyond the noise: "
+            + "; ".join(f"{name} {x:.1f} → {y:.1f}" for name, (x, y) in moved.items())
+            + (f" (it learned {', '.join(ups)})" if ups else ""))
 
 
 class _Stages:
@@ -57,45 +92,62 @@ def run(workdir: str | None = None, model: str = "smollm2", quick: bool = False,
     stage("dataset: sample the model k times per bundled question, keep the just-hard-enough ones")
     from dataset_builders import factuality
     recipe = factuality.load_recipe(factuality.DEFAULT_RECIPE)
-    size = dict(per_source=2, k=4, n=6, max_new_tokens=8) if quick else dict(per_source=16, k=8, n=16,
-                                                                                max_new_tokens=64)
+    size = dict(per_source=2, k=4, n=6, max_new_tokens=8) if quick else dict(per_source=8, k=4, n=32,
+                                                                               max_new_tokens=32)
     recipe = factuality.apply_overrides(recipe, model=model_path, backend="transformers", **size)
-    recipe["test_size"] = 2 if quick else 6
+    recipe["test_size"] = 2 if quick else 12
     factuality.build(recipe, push_to_hub=DATASET_REPO)
 
     stage("GRPO: train and publish every saved step as its own revision")
-    steps = ["--max_steps", "2", "--save_steps", "1", "--max_completion_length", "8"] if quick else \
-        ["--max_steps", "4", "--save_steps", "2", "--max_completion_length", "64"]
+    import yaml
+    train_sizes = {"max_steps": 2, "save_steps": 1, "max_completion_length": 8} if quick else {}
+    train = {**yaml.safe_load(DEMO_RECIPE.read_text()), **train_sizes}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
            str(ROOT / "train" / "accelerate" / "cpu.yaml"), str(ROOT / "train" / "grpo.py"),
-           "--config", str(ROOT / "train" / "recipes" / "factuality.yaml"), "--model_name_or_path", model_path,
-           "--dataset_name", DATASET_REPO, "--publish_repo", MODEL_REPO, "--output_dir", str(work / "run"), *steps]
+           "--config", str(DEMO_RECIPE), "--model_name_or_path", model_path, "--dataset_name", DATASET_REPO,
+           "--publish_repo", MODEL_REPO, "--output_dir", str(work / "run"),
+           *(flag for key, value in train_sizes.items() for flag in (f"--{key}", str(value)))]
     subprocess.run(cmd, check=True, cwd=ROOT)
-    revisions = ["step-1", "step-2"] if quick else ["step-2", "step-4"]
+    revisions = [f"step-{s}" for s in range(train["save_steps"], train["max_steps"] + 1, train["save_steps"])]
+    last, length = revisions[-1], train["max_completion_length"]
 
-    stage(f"eval: {', '.join(revisions)} on the held-out questions (results go into their cards)")
-    from hubtools.eval_factuality import evaluate_revisions, markdown_table
-    results = evaluate_revisions(MODEL_REPO, revisions, DATASET_REPO, split="test", k=2 if quick else 4,
-                                 max_new_tokens=8 if quick else 64,
-                                 generator={"backend": "transformers", "batch_size": 32},
-                                 output_dir=work / "eval")
-    print(markdown_table(results))
+    stage(f"eval on the held-out questions: the base model, {', '.join(revisions)} (results go into their "
+          f"cards), and {last} again with another sampling seed (the noise)")
+    from hubtools.eval_factuality import evaluate_revisions, grade_model, load_eval_rows, markdown_table, score
+    from hubtools.generation import make_generator
+    ev = dict(k=2 if quick else 8, max_new_tokens=length, generator={"backend": "transformers", "batch_size": 32})
+    rows = load_eval_rows(DATASET_REPO, "test")
+    base = score(*grade_model(make_generator({**ev["generator"], "model": model_path}), rows, ev["k"], None,
+                              length, 1.0, 0, desc=f"eval base (k={ev['k']})"))
+    results = evaluate_revisions(MODEL_REPO, revisions, DATASET_REPO, **ev, output_dir=work / "eval")
+    again = evaluate_revisions(MODEL_REPO, [last], DATASET_REPO, **ev, seed=1, write_cards=False,
+                               output_dir=work / "eval" / "seed-1")[last]
+    table = {"base model": base, **results, f"{last} (seed 1)": again}
+    noise, moved = compare(base, results[last], again)
+    print(markdown_table(table))
+    print("\nnoise (|" + last + " − " + last + " seed 1|, points): "
+          + ", ".join(f"{name} {v:.1f}" for name, v in noise.items()))
+    print("verdict: " + verdict(last, moved))
+    (work / "eval" / "demo.json").write_text(json.dumps(
+        {"table": {name: asdict(s) for name, s in table.items()}, "noise": noise,
+         "moved": {name: list(v) for name, v in moved.items()}}, indent=2))
 
-    stage(f"downstream: from_pretrained({MODEL_REPO!r}, revision={revisions[0]!r})")
+    stage(f"downstream: from_pretrained({MODEL_REPO!r}, revision={last!r})")
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(MODEL_REPO, revision=revisions[0])
-    lm = AutoModelForCausalLM.from_pretrained(MODEL_REPO, revision=revisions[0])
-    question = [{"role": "user", "content": "What is the capital of France? Answer in \\boxed{}."}]
-    inputs = tok.apply_chat_template(question, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    out = lm.generate(**inputs, max_new_tokens=8 if quick else 48, do_sample=False)
-    print("answer:", tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip())
+    tok = AutoTokenizer.from_pretrained(MODEL_REPO, revision=last)
+    lm = AutoModelForCausalLM.from_pretrained(MODEL_REPO, revision=last)
+    question = "What is the capital of France?"
+    messages = [{"role": "system", "content": recipe["system_prompt"]}, {"role": "user", "content": question}]
+    inputs = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    out = lm.generate(**inputs, max_new_tokens=length, do_sample=False)
+    print(question, "→", tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip())
 
     print(f"\nPublished on {endpoint} (open in a browser):")
     print(f"  dataset  {endpoint}/datasets/{DATASET_REPO}")
     print(f"  run      {endpoint}/{MODEL_REPO}/run   (every step-N: training reward and eval results)")
     for rev in revisions + ["latest", "main"]:
         print(f"  model    {endpoint}/{MODEL_REPO}/tree/{rev}")
-    print(f"  eval     {work / 'eval'}/results.json, breakdown.png")
+    print(f"  eval     {work / 'eval'}/demo.json (table, noise, what moved), results.json, breakdown.png")
     if serve:
         print("Serving until Ctrl-C.", flush=True)
         try:
@@ -105,4 +157,4 @@ def run(workdir: str | None = None, model: str = "smollm2", quick: bool = False,
             pass
     else:
         print(f"Browse again later: hubtools hub serve --root {work / 'hub'}  (or run the demo with --serve)")
-    return {"endpoint": endpoint, "results": results, "workdir": str(work)}
+    return {"endpoint": endpoint, "results": table, "noise": noise, "moved": moved, "workdir": str(work)}

@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from hubtools.generation import SamplingParams, make_generator
-from hubtools.scoring import FACTUALITY_SYSTEM_PROMPT, Grade, grade_answer
+from hubtools.scoring import Grade, extract_boxed, grade_answer
+from hubtools.tasks import FACTUALITY
 
 CATEGORIES = ("Partial Correct", "Partial NotAttempt", "All NotAttempt", "All Correct", "All Attempt and Wrong")
 SECTION_START, SECTION_END = "<!-- hubtools-eval-factuality:start -->", "<!-- hubtools-eval-factuality:end -->"
@@ -43,11 +44,15 @@ class FactualityScores:
     hallucination_rate: float    # incorrect among all samples (TruthRL's hallucination rate)
     accuracy_given_attempted: float
     f1: float                    # SimpleQA's F-score: harmonic mean of correct and accuracy given attempted
+    boxed: float | None = None   # samples with a final answer in \boxed{} (abstentions too): the format every
+                                 # grade reads, so a model can learn it before any grade moves; None = not measured
 
 
-def score(grades_per_question: list[list[Grade]]) -> FactualityScores:
+def score(grades_per_question: list[list[Grade]],
+          boxed_per_question: list[list[bool]] | None = None) -> FactualityScores:
     if not grades_per_question:
         raise ValueError("no questions to score")
+    boxed = None if boxed_per_question is None else [b for bs in boxed_per_question for b in bs]
     cats = [category(g) for g in grades_per_question]
     flat = [g for gs in grades_per_question for g in gs]
     n = len(flat)
@@ -57,7 +62,8 @@ def score(grades_per_question: list[list[Grade]]) -> FactualityScores:
         questions=len(cats), k=len(grades_per_question[0]),
         breakdown={name: round(100 * cats.count(name) / len(cats), 2) for name in CATEGORIES},
         correct=round(c, 4), not_attempted=round(na, 4), hallucination_rate=round(1 - c - na, 4),
-        accuracy_given_attempted=round(acc, 4), f1=round(2 * c * acc / (c + acc) if c + acc else 0.0, 4))
+        accuracy_given_attempted=round(acc, 4), f1=round(2 * c * acc / (c + acc) if c + acc else 0.0, 4),
+        boxed=None if boxed is None else round(sum(boxed) / len(boxed), 4))
 
 
 def load_eval_rows(dataset: str, split: str, config: str | None = None, limit: int | None = None) -> list[dict]:
@@ -77,25 +83,29 @@ def load_eval_rows(dataset: str, split: str, config: str | None = None, limit: i
 
 
 def grade_model(generator, rows: list[dict], k: int, system_prompt: str | None, max_new_tokens: int,
-                temperature: float, seed: int, desc: str) -> list[list[Grade]]:
+                temperature: float, seed: int, desc: str) -> tuple[list[list[Grade]], list[list[bool]]]:
+    """Per question, the k samples' grades and whether each has a final answer in `\\boxed{}`."""
     prompts = []
     for row in rows:
         if system_prompt is None and row.get("prompt"):
             prompts.append(row["prompt"])
         else:
-            prompts.append([{"role": "system", "content": system_prompt or FACTUALITY_SYSTEM_PROMPT},
+            prompts.append([{"role": "system", "content": system_prompt or FACTUALITY.system_prompt},
                             {"role": "user", "content": row["question"]}])
     samples = generator.generate(prompts, SamplingParams(n=k, max_new_tokens=max_new_tokens,
                                                          temperature=temperature, seed=seed), desc=desc)
-    return [[grade_answer(s, row["answers"], answerable=row.get("answerable", True)) for s in outs]
-            for row, outs in zip(rows, samples)]
+    grades = [[grade_answer(s, row["answers"], answerable=row.get("answerable", True)) for s in outs]
+              for row, outs in zip(rows, samples)]
+    return grades, [[bool((extract_boxed(s) or "").strip()) for s in outs] for outs in samples]
 
 
 def markdown_table(results: dict[str, FactualityScores]) -> str:
-    head = ["Revision", *CATEGORIES, "Correct", "Not attempted", "Hallucination rate", "Acc. given attempted", "F1"]
+    head = ["Revision", *CATEGORIES, "Boxed", "Correct", "Not attempted", "Hallucination rate", "Acc. given attempted",
+            "F1"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for rev, s in results.items():
         cells = [rev, *(f"{s.breakdown[c]:.2f}" for c in CATEGORIES),
+                 "–" if s.boxed is None else f"{100 * s.boxed:.1f}",
                  *(f"{100 * v:.1f}" for v in (s.correct, s.not_attempted, s.hallucination_rate,
                                               s.accuracy_given_attempted, s.f1))]
         lines.append("| " + " | ".join(cells) + " |")
@@ -119,6 +129,7 @@ def write_card_results(repo: str, revision: str, scores: FactualityScores, datas
     metrics = {"correct": scores.correct, "not_attempted": scores.not_attempted,
                "hallucination_rate": scores.hallucination_rate,
                "accuracy_given_attempted": scores.accuracy_given_attempted, "f1": scores.f1,
+               **({"boxed": scores.boxed} if scores.boxed is not None else {}),
                **{re.sub(r"\W+", "_", c.lower()): scores.breakdown[c] / 100 for c in CATEGORIES}}
     kept = [r for r in (card.data.eval_results or []) if not (r.dataset_type == dataset and r.dataset_split == split
                                                               and r.metric_type in metrics)]
@@ -129,7 +140,8 @@ def write_card_results(repo: str, revision: str, scores: FactualityScores, datas
     card.data.model_name = card.data.model_name or repo.split("/")[-1]
     section = (f"{SECTION_START}\n## Evaluation: factuality\n\n`hubtools eval factuality` on `{dataset}` "
                f"({split} split), {scores.questions} questions × k={scores.k} samples. Breakdown in % of "
-               f"questions; correct / not attempted / hallucination rate (incorrect) in % of all samples.\n\n"
+               f"questions; boxed (a final answer in `\\boxed{{}}`) / correct / not attempted / hallucination "
+               f"rate (incorrect) in % of all samples.\n\n"
                f"{markdown_table({revision: scores})}\n"
                + ("\n![Factuality breakdown](eval_factuality.png)\n" if plot else "") + SECTION_END)
     text = card.text
@@ -165,8 +177,8 @@ def evaluate_revisions(model: str, revisions: list[str], dataset: str, *, split:
     results: dict[str, FactualityScores] = {}
     for rev in revisions:
         gen = _generator_for(generator or {}, model, rev)
-        results[rev] = score(grade_model(gen, rows, k, system_prompt, max_new_tokens, temperature, seed,
-                                         desc=f"eval {rev} (k={k})"))
+        results[rev] = score(*grade_model(gen, rows, k, system_prompt, max_new_tokens, temperature, seed,
+                                          desc=f"eval {rev} (k={k})"))
         del gen
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -190,7 +202,7 @@ def prompt_sweep(model: str, prompts: dict[str, str], dataset: str, *, split: st
     from hubtools.plots import scatter
     rows = load_eval_rows(dataset, split, limit=limit)
     gen = _generator_for(generator or {}, model, revision)
-    results = {name: score(grade_model(gen, rows, k, text, max_new_tokens, temperature, seed, desc=f"prompt {name}"))
+    results = {name: score(*grade_model(gen, rows, k, text, max_new_tokens, temperature, seed, desc=f"prompt {name}"))
                for name, text in prompts.items()}
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)

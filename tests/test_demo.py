@@ -17,8 +17,29 @@ def test_demo_runs_the_whole_loop_on_its_own_hub(tmp_path, tiny_model_dir):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     for stage in ("[1/6] local hub", "[3/6] dataset", "[4/6] GRPO", "[5/6] eval", "[6/6] downstream"):
         assert stage in out.stdout
-    assert "| step-1 |" in out.stdout and "| step-2 |" in out.stdout
+    for row in ("| base model |", "| step-1 |", "| step-2 |", "| step-2 (seed 1) |"):
+        assert row in out.stdout
+    assert "noise (|step-2 − step-2 seed 1|, points): " in out.stdout and "\nverdict: " in out.stdout
     assert "/demo/smollm2-factuality-grpo/tree/step-2" in out.stdout
-    results = json.loads((tmp_path / "eval" / "results.json").read_text())
-    assert set(results) == {"step-1", "step-2"}
+    assert set(json.loads((tmp_path / "eval" / "results.json").read_text())) == {"step-1", "step-2"}
+    demo = json.loads((tmp_path / "eval" / "demo.json").read_text())
+    assert list(demo["table"]) == ["base model", "step-1", "step-2", "step-2 (seed 1)"]
+    assert set(demo["noise"]) >= {"Boxed", "Correct", "Not attempted", "All Attempt and Wrong"}
     assert (tmp_path / "hub" / "hub.sqlite3").exists()
+
+
+def test_verdict_counts_a_move_only_beyond_the_seed_noise_and_one_sample():
+    from hubtools.demo import compare, verdict
+    from hubtools.eval_factuality import score
+    from hubtools.scoring import Grade
+    c, i, n = Grade.CORRECT, Grade.INCORRECT, Grade.NOT_ATTEMPTED
+    base = score([[i, i, i, i]] * 5, [[False, False, False, True]] * 5)
+    last = score([[i, i, i, n]] * 4 + [[c, i, i, i]], [[True, True, True, True]] * 5)
+    again = score([[i, i, i, i]] * 4 + [[n, i, i, n]], [[True, True, False, True]] * 5)
+    noise, moved = compare(base, last, again)
+    assert noise["Boxed"] == 25.0 and noise["Not attempted"] == 10.0 and noise["Correct"] == 5.0
+    assert moved == {"Partial NotAttempt": (0.0, 80.0), "All Attempt and Wrong": (100.0, 0.0),
+                     "Boxed": (25.0, 100.0), "Not attempted": (0.0, 20.0), "Hallucination rate": (100.0, 75.0)}
+    assert "Correct" not in moved  # 0 → 5 points: one sample of 20, not beyond the eval's resolution
+    assert verdict("step-4", moved).endswith("(it learned more abstentions, the answer format)")
+    assert verdict("step-4", {}) == "nothing moved beyond the noise between the base model and step-4"
