@@ -22,6 +22,8 @@ import subprocess
 import sys
 from statistics import mean
 
+import pytest
+
 from conftest import ROOT
 
 STEPS, WINDOW, MARGIN = 10, 3, 0.3  # boxed share: mean over the first/last 3 steps, differences ≥ 0.3
