@@ -279,6 +279,25 @@ def split_train_test(rows: list[dict], test_size: int | float, seed: int) -> tup
     return ([r for i, r in enumerate(rows) if i not in test], [r for i, r in enumerate(rows) if i in test])
 
 
+def card_info(recipe: dict, stats: dict, *, kept: int, tags: list[str], description: str, build_params: dict,
+              image: tuple[str, str], repro_command: str) -> dict:
+    """Dataset-card run info (model_cards.render_dataset_card keys) with the parts every builder
+    shares: source shares of the `kept` rows, filter statistics before/after selection, skip counts,
+    the histogram `image` (path, caption), the reproduction command; `build_params` without Nones."""
+    before, after = stats["before"], stats["after"]
+    return {
+        "pretty_name": recipe["pretty_name"], "license": recipe["license"], "tags": tags,
+        "task_categories": ["question-answering"], "description": description,
+        "sources": [{"name": name, "count": n, "share": f"{100 * n / kept:.1f}%" if kept else "0%"}
+                    for name, n in stats["sources"].items()],
+        "build_params": {k: v for k, v in build_params.items() if v is not None},
+        "filter_stats": [{"metric": m, "before selection": before[m], "after selection": after[m]} for m in before],
+        "skipped": stats["skipped"] or None,
+        "images": [{"path": image[0], "caption": image[1]}],
+        "repro_command": repro_command,
+    }
+
+
 def publish(dd, repo: str, private: bool, files: dict[str, bytes], info: dict) -> None:
     """Data first (datasets writes the `configs` YAML), then the figures, then the card merged over
     it; each step retried on transient Hub errors."""

@@ -287,19 +287,9 @@ def card_info(recipe: dict, stats: dict, model: str, backend: str, repro_command
         "Columns: `id`, `source`, `question`, `answers` (gold aliases; empty when unanswerable), `answerable`, "
         "`prompt` (system + user messages, TRL conversational format), `pass_rate` and `not_attempted_rate` "
         "(over the k samples), `variance` (p(1-p)).")
-    before, after = stats["before"], stats["after"]
-    return {
-        "pretty_name": recipe["pretty_name"], "license": recipe["license"],
-        "tags": ["factuality", "grpo", "just-hard-enough", "question-answering"],
-        "task_categories": ["question-answering"], "description": description,
-        "sources": [{"name": name, "count": n, "share": f"{100 * n / total:.1f}%" if total else "0%"}
-                    for name, n in stats["sources"].items()],
-        "build_params": {k: v for k, v in build_params.items() if v is not None},
-        "filter_stats": [{"metric": m, "before selection": before[m], "after selection": after[m]} for m in before],
-        "skipped": stats["skipped"] or None,
-        "images": [{"path": HIST_FILE, "caption": "Pass rate over the k samples, before vs after selection"}],
-        "repro_command": repro_command,
-    }
+    return common.card_info(recipe, stats, kept=total, tags=["factuality", "grpo", "just-hard-enough", "question-answering"],
+                            description=description, build_params=build_params,
+                            image=(HIST_FILE, "Pass rate over the k samples, before vs after selection"), repro_command=repro_command)
 
 
 def build(recipe: dict, *, push_to_hub: str | None = None, output_dir: str | Path | None = None,

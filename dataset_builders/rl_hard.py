@@ -17,7 +17,6 @@ Output rows: `id` ("<source>-<row index>"), `source`, `question`, `reasoning`, `
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import statistics
@@ -25,7 +24,6 @@ from collections import Counter
 from pathlib import Path
 
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError, model_validator
-from tqdm.auto import tqdm
 
 from dataset_builders import common
 from dataset_builders.common import BadRow, get_column, is_int, is_num, require, short
@@ -235,26 +233,6 @@ def load_sources(recipe: dict) -> tuple[dict[str, list[dict]], Counter]:
 # ---------------------------------------------------------------------------------------- rubrics
 
 
-def _run_all(call, items, desc: str, client) -> list:
-    """`await call(item)` for every item concurrently (the client bounds what is in flight), with a
-    progress bar; the client's connections are closed after, for they belong to this event loop."""
-    from hubtools.generation import run_sync
-    items = list(items)
-
-    async def run():
-        try:
-            with tqdm(total=len(items), desc=desc, disable=len(items) < 2) as bar:
-                async def one(item):
-                    result = await call(item)
-                    bar.update(1)
-                    return result
-                return await asyncio.gather(*(one(x) for x in items))
-        finally:
-            await client.aclose()
-
-    return run_sync(run) if items else []
-
-
 async def write_rubrics(writer, row: dict) -> tuple[tuple[list[dict], list[dict]] | None, str]:
     """(rubrics or None, outcome): the writer's reply, validated; an invalid one is shown to the
     writer with the error, once. Outcomes: "valid", "valid after retry", "invalid after retry",
@@ -284,7 +262,7 @@ def attach_rubrics(writer, rows: list[dict], prefer_reference: bool) -> Counter:
     the row's reference rubrics are used if it has any. Returns the outcome counts.
     """
     ask = [i for i, r in enumerate(rows) if not (prefer_reference and any(r["reference_rubrics"]))]
-    written = dict(zip(ask, _run_all(lambda i: write_rubrics(writer, rows[i]), ask, "writing rubrics", writer)))
+    written = dict(zip(ask, writer.run_many(lambda i: write_rubrics(writer, rows[i]), ask, "writing rubrics") if ask else []))
     counts = Counter({"reference rubrics preferred": len(rows) - len(ask)})
     for i, row in enumerate(rows):
         reference = row["reference_rubrics"] if any(row["reference_rubrics"]) else None
@@ -324,7 +302,7 @@ def score_samples(judge, static_titles: list[str], rows: list[dict],
                               log_metric=lambda name, value: logged.update({name: value}))
         return scores, int(logged["rubric/no_answer"])
 
-    return _run_all(lambda i: one(rows[i], samples[i]), range(len(rows)), "judging samples", judge)
+    return judge.run_many(lambda i: one(rows[i], samples[i]), list(range(len(rows))), "judging samples") if rows else []
 
 
 def score_stats(scores: list[float | None]) -> dict | None:
@@ -419,19 +397,9 @@ def card_info(recipe: dict, stats: dict, models: dict[str, str], repro_command: 
         "description, weight}), `rubric_source`, `mean_score` and `score_std` (over the scored samples).\n\n"
         f"### Rubrics\n\n| Outcome | Rows |\n|---|---|\n{outcome_table}\n\n"
         f"### Rubric writer and judge calls\n\n| | rubric writer | judge |\n|---|---|---|\n{calls_table}")
-    before, after = stats["before"], stats["after"]
-    return {
-        "pretty_name": recipe["pretty_name"], "license": recipe["license"],
-        "tags": ["grpo", "rubric", "refiner", "citations"], "task_categories": ["question-answering"],
-        "description": description,
-        "sources": [{"name": name, "count": n, "share": f"{100 * n / total:.1f}%" if total else "0%"}
-                    for name, n in stats["sources"].items()],
-        "build_params": {k: v for k, v in build_params.items() if v is not None},
-        "filter_stats": [{"metric": m, "before selection": before[m], "after selection": after[m]} for m in before],
-        "skipped": stats["skipped"] or None,
-        "images": [{"path": HIST_FILE, "caption": "Mean rubric score over the k samples, before vs after selection"}],
-        "repro_command": repro_command,
-    }
+    return common.card_info(recipe, stats, kept=total, tags=["grpo", "rubric", "refiner", "citations"],
+                            description=description, build_params=build_params,
+                            image=(HIST_FILE, "Mean rubric score over the k samples, before vs after selection"), repro_command=repro_command)
 
 
 def build(recipe: dict, *, push_to_hub: str | None = None, output_dir: str | Path | None = None,

@@ -54,26 +54,19 @@ def _card(args) -> int:
 
 
 def _eval_factuality(args) -> int:
-    from pathlib import Path
-
     from hubtools import eval_factuality as ev
-    model, revisions = args.model, args.revisions
-    if "@" in model and not Path(model).exists():  # REPO@REVISION
-        model, revision = model.split("@", 1)
-        if revisions:
-            raise ValueError(f"--model {args.model} names a revision: leave out --revisions, or the @{revision}")
-        revisions = [revision]
-    spec = {k: v for k, v in (("backend", args.backend), ("base_url", args.base_url), ("batch_size", args.batch_size))
-            if v is not None}
-    common = dict(split=args.split, k=args.k, limit=args.limit, generator=spec, max_new_tokens=args.max_new_tokens,
-                  temperature=args.temperature, seed=args.seed, output_dir=args.output_dir)
+    from hubtools.eval import common as ec
+    model, revisions = ec.model_and_revisions(args)
+    common = dict(split=args.split, k=args.k, limit=args.limit, generator=ec.generator_spec(args),
+                  max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
+                  output_dir=args.output_dir)
     if args.prompts:
-        results = ev.prompt_sweep(model, ev.load_prompts(args.prompts), args.dataset,
-                                  revision=revisions[0] if revisions else None, **common)
+        results = ev.prompt_sweep(model, ev.load_prompts(args.prompts), args.dataset, revision=revisions[0],
+                                  **common)
         print(ev.markdown_table(results).replace("| Revision |", "| Prompt |", 1))
         print(f"frontier plot: {args.output_dir}/frontier.png")
         return 0
-    results = ev.evaluate_revisions(model, revisions or ["main"], args.dataset,
+    results = ev.evaluate_revisions(model, revisions, args.dataset,
                                     system_prompt=args.system_prompt, write_cards=not args.no_card, **common)
     print(ev.markdown_table(results))
     print(f"results: {args.output_dir}/results.json, plot: {args.output_dir}/breakdown.png")
@@ -174,7 +167,6 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="evaluate published revisions",
                         description="Evaluate model revisions on a task; results go into each revision's card.")
     ev_sub = ev.add_subparsers(dest="eval_task", required=True)
-    from hubtools.generation import BACKENDS
     fe = ev_sub.add_parser(
         "factuality", help="factuality breakdown over k samples per question",
         description="Per revision: the share of questions that are Partial Correct, Partial NotAttempt, All "
@@ -183,41 +175,17 @@ def build_parser() -> argparse.ArgumentParser:
                     "breakdown plot to --output-dir and adds the results to each revision's model card. "
                     "With --prompts, evaluates several system prompts on one model instead and plots the "
                     "correct-vs-not-attempted frontier.", epilog=_EPILOG_ENDPOINT)
-    fe.add_argument("--model", required=True,
-                    help="Hub model repo, REPO@REVISION (= --revisions REVISION), or a local folder "
-                         "('smollm2' = packaged model)")
-    fe.add_argument("--revisions", type=lambda s: [r for r in s.split(",") if r],
-                    help="comma-separated revisions, e.g. step-2,step-4 (default main). Through --base-url, "
-                         "revision R is asked for as the model named REPO@R and the server must answer as it, "
-                         "or eval stops before writing any card")
-    fe.add_argument("--dataset", required=True, help="Hub dataset repo or local folder with question/answers")
-    fe.add_argument("--split", default="test")
-    fe.add_argument("--k", type=int, default=8, help="samples per question (default 8)")
-    fe.add_argument("--limit", type=int, help="evaluate only the first N questions")
-    fe.add_argument("--backend", choices=BACKENDS,
-                    help="generation backend (default auto: openai with --base-url, else vllm when installed "
-                         "with CUDA, else transformers)")
-    fe.add_argument("--base-url", action="append", metavar="URL",
-                    help="OpenAI-compatible server serving each revision as REPO@REVISION: `transformers serve` "
-                         "(no model given: it loads REPO@REVISION from the Hub by name), or `vllm serve REPO "
-                         "--revision R --served-model-name REPO@R` (one revision per server). Repeat it for "
-                         "several servers; requests go to the least busy")
-    fe.add_argument("--batch-size", type=int,
-                    help="sequences per generate call (transformers backend; default 8; others ignore it)")
-    fe.add_argument("--max-new-tokens", type=int, default=256)
-    fe.add_argument("--temperature", type=float, default=1.0)
-    fe.add_argument("--seed", type=int, default=0)
+    from hubtools.eval.common import add_common_arguments
+    add_common_arguments(fe, default_k=8)
     fe.add_argument("--system-prompt", help="override the dataset's prompts with this system prompt")
     fe.add_argument("--prompts", help="YAML of name → system prompt: run the prompt sweep on --model")
-    fe.add_argument("--no-card", action="store_true", help="do not write results into the model cards")
-    fe.add_argument("--output-dir", default="eval-results")
     fe.set_defaults(func=_eval_factuality)
     from hubtools.eval import eval_module
     from hubtools.tasks import TASKS
     for name in sorted(set(TASKS) - {"factuality"}):
         module = eval_module(name)
         task_parser = ev_sub.add_parser(name, help=(module.__doc__ or "").strip().split("\n")[0],
-                                        description=(module.__doc__ or "").strip())
+                                        description=(module.__doc__ or "").strip(), epilog=_EPILOG_ENDPOINT)
         module.add_arguments(task_parser)
         task_parser.set_defaults(func=module.run)
 

@@ -9,16 +9,15 @@ revision's card as `model-index` eval results and a table section, added to the 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from hubtools.generation import SamplingParams, make_generator
+from hubtools.eval import common
+from hubtools.generation import SamplingParams
 from hubtools.scoring import Grade, extract_boxed, grade_answer
 from hubtools.tasks import FACTUALITY
 
 CATEGORIES = ("Partial Correct", "Partial NotAttempt", "All NotAttempt", "All Correct", "All Attempt and Wrong")
-SECTION_START, SECTION_END = "<!-- hubtools-eval-factuality:start -->", "<!-- hubtools-eval-factuality:end -->"
 
 
 def category(grades: list[Grade]) -> str:
@@ -66,20 +65,9 @@ def score(grades_per_question: list[list[Grade]],
         boxed=None if boxed is None else round(sum(boxed) / len(boxed), 4))
 
 
-def load_eval_rows(dataset: str, split: str, config: str | None = None, limit: int | None = None) -> list[dict]:
-    """Rows with `question`, `answers`, `answerable` (and `prompt` if the builder wrote one)."""
-    from datasets import load_dataset, load_from_disk
-    if Path(dataset).is_dir():
-        ds = load_from_disk(dataset)[split]
-    else:
-        ds = load_dataset(dataset, config, split=split)
-    for col in ("question", "answers"):
-        if col not in ds.column_names:
-            raise ValueError(f"dataset {dataset} split {split} has no {col!r} column (columns: {ds.column_names})")
-    rows = list(ds)[:limit] if limit else list(ds)
-    if not rows:
-        raise ValueError(f"dataset {dataset} split {split} is empty")
-    return rows
+def load_eval_rows(dataset: str, split: str, limit: int | None = None) -> list[dict]:
+    """Rows with `question`, `answers` (and `answerable`, `prompt` when the builder wrote them)."""
+    return common.load_eval_rows(dataset, split, ("question", "answers"), limit=limit)
 
 
 def grade_model(generator, rows: list[dict], k: int, system_prompt: str | None, max_new_tokens: int,
@@ -118,54 +106,17 @@ def write_card_results(repo: str, revision: str, scores: FactualityScores, datas
 
     When `revision` is the newest `step-N`, branch `latest` follows it, so it keeps equalling that step.
     """
-    from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
-
-    from hubtools.publish import advance_latest
-    try:
-        card = ModelCard.load(hf_hub_download(repo, "README.md", revision=revision))
-    except EntryNotFoundError:
-        card = ModelCard("---\n{}\n---\n")
     metrics = {"correct": scores.correct, "not_attempted": scores.not_attempted,
                "hallucination_rate": scores.hallucination_rate,
                "accuracy_given_attempted": scores.accuracy_given_attempted, "f1": scores.f1,
                **({"boxed": scores.boxed} if scores.boxed is not None else {}),
-               **{re.sub(r"\W+", "_", c.lower()): scores.breakdown[c] / 100 for c in CATEGORIES}}
-    kept = [r for r in (card.data.eval_results or []) if not (r.dataset_type == dataset and r.dataset_split == split
-                                                              and r.metric_type in metrics)]
-    card.data.eval_results = kept + [
-        EvalResult(task_type="question-answering", dataset_type=dataset, dataset_name=dataset, dataset_split=split,
-                   metric_type=name, metric_name=name.replace("_", " "), metric_value=value)
-        for name, value in metrics.items()]
-    card.data.model_name = card.data.model_name or repo.split("/")[-1]
-    section = (f"{SECTION_START}\n## Evaluation: factuality\n\n`hubtools eval factuality` on `{dataset}` "
-               f"({split} split), {scores.questions} questions × k={scores.k} samples. Breakdown in % of "
-               f"questions; boxed (a final answer in `\\boxed{{}}`) / correct / not attempted / hallucination "
-               f"rate (incorrect) in % of all samples.\n\n"
-               f"{markdown_table({revision: scores})}\n"
-               + ("\n![Factuality breakdown](eval_factuality.png)\n" if plot else "") + SECTION_END)
-    text = card.text
-    if SECTION_START in text:
-        text = text[:text.index(SECTION_START)] + section + text[text.index(SECTION_END) + len(SECTION_END):]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    card.text = text
-    ops = [CommitOperationAdd("README.md", str(card).encode())]
-    if plot:
-        ops.append(CommitOperationAdd("eval_factuality.png", plot))
-    api = HfApi()
-    api.create_commit(repo, operations=ops, revision=revision,
-                      commit_message=f"Add factuality eval results ({dataset}:{split})")
-    advance_latest(api, repo, revision)
-
-
-def _generator_for(spec: dict, model: str, revision: str | None):
-    """A generator for exactly `revision` of `model`, on any backend: local ones load that revision; a
-    server is asked for `model@revision` and must answer as it, or eval stops before any card is
-    written (OpenAIGenerator). A local folder has no revisions."""
-    from hubtools.models import resolve_model
-    local = Path(resolve_model(model)).is_dir()
-    return make_generator({**spec, "model": model, "revision": None if local else revision})
+               **{common.metric_key(c): scores.breakdown[c] / 100 for c in CATEGORIES}}
+    section = (f"`hubtools eval factuality` on `{dataset}` ({split} split), {scores.questions} questions × "
+               f"k={scores.k} samples. Breakdown in % of questions; boxed (a final answer in `\\boxed{{}}`) / "
+               f"correct / not attempted / hallucination rate (incorrect) in % of all samples.\n\n"
+               f"{markdown_table({revision: scores})}\n")
+    common.write_card_results(repo, revision, task=FACTUALITY.name, task_type="question-answering", metrics=metrics,
+                              dataset=dataset, split=split, section=section, plot=plot)
 
 
 def evaluate_revisions(model: str, revisions: list[str], dataset: str, *, split: str = "test", k: int = 8,
@@ -176,18 +127,14 @@ def evaluate_revisions(model: str, revisions: list[str], dataset: str, *, split:
     rows = load_eval_rows(dataset, split, limit=limit)
     results: dict[str, FactualityScores] = {}
     for rev in revisions:
-        gen = _generator_for(generator or {}, model, rev)
+        gen = common.generator_for(generator or {}, model, rev)
         results[rev] = score(*grade_model(gen, rows, k, system_prompt, max_new_tokens, temperature, seed,
                                           desc=f"eval {rev} (k={k})"))
         del gen
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     plot = stacked_bars({rev: s.breakdown for rev, s in results.items()}, "Factuality breakdown per revision",
                         "% of questions")
-    (out / "breakdown.png").write_bytes(plot)
-    (out / "results.json").write_text(json.dumps({rev: asdict(s) for rev, s in results.items()}, indent=2))
-    from hubtools.models import resolve_model
-    if write_cards and not Path(resolve_model(model)).is_dir():  # a local folder has no card to update
+    common.save_results(output_dir, results, {"breakdown.png": plot})
+    if write_cards and common.has_card(model):
         for rev, s in results.items():
             write_card_results(model, rev, s, dataset, split, plot)
     return results
@@ -201,7 +148,7 @@ def prompt_sweep(model: str, prompts: dict[str, str], dataset: str, *, split: st
     factuality studies, the prompt alone moves."""
     from hubtools.plots import scatter
     rows = load_eval_rows(dataset, split, limit=limit)
-    gen = _generator_for(generator or {}, model, revision)
+    gen = common.generator_for(generator or {}, model, revision)
     results = {name: score(*grade_model(gen, rows, k, text, max_new_tokens, temperature, seed, desc=f"prompt {name}"))
                for name, text in prompts.items()}
     out = Path(output_dir)

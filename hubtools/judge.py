@@ -187,21 +187,16 @@ class Judge:
     def score_many(self, template: str, rows: Sequence[Mapping], *, scale: tuple[float, float] = (0, 2),
                    metric: str | None = None) -> list[float | None]:
         """`score` for each row of template variables, concurrently; for code that is not async."""
-        return self._many(lambda row: self.score(template, scale=scale, metric=metric, **row), rows, template)
+        return self.run_many(lambda row: self.score(template, scale=scale, metric=metric, **row), rows, template)
 
     def label_many(self, template: str, labels: Sequence[str] | Mapping[str, str], rows: Sequence[Mapping], *,
                    metric: str | None = None) -> list[str | None]:
         """`label` for each row of template variables, concurrently; for code that is not async."""
-        return self._many(lambda row: self.label(template, labels, metric=metric, **row), rows, template)
+        return self.run_many(lambda row: self.label(template, labels, metric=metric, **row), rows, template)
 
-    def stats(self, metric: str | None = None) -> dict[str, int]:
-        """Counters since this Judge was made: for `metric`, or summed over all metrics."""
-        counts = [self._counts.get(metric, {})] if metric is not None else list(self._counts.values())
-        return {k: sum(c.get(k, 0) for c in counts) for k in STATS}
-
-    # ------------------------------------------------------------------------------ internals
-
-    def _many(self, call, rows: Sequence[Mapping], desc: str) -> list:
+    def run_many(self, call, rows: Sequence, desc: str) -> list:
+        """`await call(row)` for every row concurrently (the per-server limit bounds what is in flight),
+        with a progress bar, from sync code; this loop's connections are closed after."""
         async def run():
             try:
                 with tqdm(total=len(rows), desc=desc, disable=len(rows) < 2) as bar:
@@ -215,6 +210,13 @@ class Judge:
                 await self.aclose()
 
         return run_sync(run)
+
+    def stats(self, metric: str | None = None) -> dict[str, int]:
+        """Counters since this Judge was made: for `metric`, or summed over all metrics."""
+        counts = [self._counts.get(metric, {})] if metric is not None else list(self._counts.values())
+        return {k: sum(c.get(k, 0) for c in counts) for k in STATS}
+
+    # ------------------------------------------------------------------------------ internals
 
     def _balancer(self) -> Balancer:
         from openai import AsyncOpenAI

@@ -13,14 +13,9 @@ import re
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
-_EPILOG = ("The Hub is the one in HF_ENDPOINT (default https://huggingface.co); the token is HF_TOKEN. "
-           "For a local hub, e.g. HF_ENDPOINT=http://127.0.0.1:7860.")
-
-
 def add_common_arguments(parser, default_k: int) -> None:
     """Flags every eval has: which model and revisions, which data, how to generate, where results go."""
     from hubtools.generation import BACKENDS
-    parser.epilog = _EPILOG
     parser.add_argument("--model", required=True,
                         help="Hub model repo, REPO@REVISION (= --revisions REVISION), or a local folder "
                              "('smollm2' = packaged model)")
