@@ -1,0 +1,123 @@
+"""A simulated generative engine: a served model answers a query over n numbered sources, citing
+them as ``[k]``; the GEO builder, reward and eval measure a source's visibility in its answers.
+
+Why through the judge client (`hubtools.judge.Judge`): a GRPO step asks the engine once per
+completion (the sources with that completion's rewrite in place) plus once for the original
+sources, so the calls must run many at once over one or more servers, retry, and be cached on disk
+(a deterministic engine, `temperature=0`, answers the original sources once per query, ever). The
+engine's model, servers, sampling and cache are the Judge's; its calls are counted under the metric
+``geo_engine`` (`judge.stats("geo_engine")`).
+
+    engine = Engine(Judge("Qwen/Qwen3-8B", "http://127.0.0.1:8000/v1", cache_dir="engine-cache", max_tokens=1024))
+    before, after = await engine.answer_all([(query, sources), (query, [*sources[:k], rewrite, *sources[k + 1:]])])
+    after.visibility.word_position[k] - before.visibility.word_position[k]
+    engine.answer_many(rows)  # the same from sync code, with a progress bar
+
+The prompt is the packaged template ``geo_engine`` (hubtools/prompts/geo_engine.j2): the sources in
+``<source id="k">`` blocks, declared material, never instructions. A source cannot forge a block
+boundary: ``<source`` / ``</source`` inside a source or the query reaches the engine as
+``&lt;source`` (a rewrite that closes its block and opens a fake "source 1" stays inside its own).
+
+The reply (`parse_answer`): any reasoning up to the first ``</think>`` is dropped (an unclosed
+leading ``<think>`` leaves no answer), and the rest is scored by `hubtools.geo.visibility`. A cited
+id outside 1..n is counted as a hallucinated citation and credits nobody. A failed call (the
+judge's retries spent) is None, counted by the judge as an error, never an answer without citations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from hubtools.geo import Visibility, visibility
+from hubtools.judge import Judge
+from hubtools.scoring import _answer_offset
+
+TEMPLATE = "geo_engine"
+_BLOCK_TAG = re.compile(r"<(?=\s*/?\s*source\b)", re.I)
+
+Row = tuple[str, Sequence[str]]  # (query, sources)
+
+
+@dataclass(frozen=True)
+class EngineAnswer:
+    text: str  # the answer, reasoning dropped
+    visibility: Visibility
+
+    @property
+    def cited(self) -> tuple[int, ...]:
+        """Ids in 1..n the answer cites, in order of first citation."""
+        return self.visibility.cited
+
+    @property
+    def hallucinated(self) -> int:
+        """Citations of ids outside 1..n."""
+        return self.visibility.hallucinated
+
+
+def parse_answer(reply: str, n_sources: int) -> EngineAnswer:
+    """The engine's reply as an answer over `n_sources` sources (rules in the module docstring)."""
+    text = reply[_answer_offset(reply):].strip()
+    return EngineAnswer(text, visibility(text, n_sources))
+
+
+def template_variables(query: str, sources: Sequence[str]) -> dict:
+    """What the engine's prompt template is rendered with: query and sources, block tags defused."""
+    return {"query": _BLOCK_TAG.sub("&lt;", query), "sources": [_BLOCK_TAG.sub("&lt;", s) for s in sources]}
+
+
+def _checked(query, sources) -> tuple[str, tuple[str, ...]]:
+    if not isinstance(query, str) or not query.strip():
+        raise ValueError(f"query: expected a non-empty string, got {query!r}")
+    if isinstance(sources, str) or not isinstance(sources, Sequence) or not sources:
+        raise ValueError(f"sources: expected a non-empty list of strings, got {type(sources).__name__}")
+    for i, source in enumerate(sources):
+        if not isinstance(source, str):
+            raise ValueError(f"sources[{i}]: expected a string, got {type(source).__name__}")
+    return query, tuple(sources)
+
+
+class Engine:
+    """The generative engine over `judge` (its model, servers, sampling, cache and counters)."""
+
+    def __init__(self, judge: Judge):
+        self.judge = judge
+
+    def __repr__(self) -> str:
+        return f"Engine({self.judge!r})"
+
+    async def answer(self, query: str, sources: Sequence[str]) -> EngineAnswer | None:
+        """The engine's answer to `query` over `sources` (cited as [1]..[n]); None if the call failed."""
+        query, sources = _checked(query, sources)
+        reply = await self.judge.complete(TEMPLATE, **template_variables(query, sources))
+        return None if reply is None else parse_answer(reply, len(sources))
+
+    async def answer_all(self, rows: Sequence[Row]) -> list[EngineAnswer | None]:
+        """`answer` for every (query, sources) row concurrently; identical rows are asked once."""
+        unique = _unique(rows)
+        answers = await asyncio.gather(*(self.answer(*row) for row in unique))
+        return _spread(rows, unique, answers)
+
+    def answer_many(self, rows: Sequence[Row]) -> list[EngineAnswer | None]:
+        """`answer_all` from sync code (`Judge.run_many`: a progress bar, this loop's clients closed after)."""
+        unique = _unique(rows)
+        return _spread(rows, unique, self.judge.run_many(lambda row: self.answer(*row), unique, TEMPLATE))
+
+
+def _key(row, i: int) -> tuple[str, tuple[str, ...]]:
+    try:
+        query, sources = row
+        return _checked(query, sources)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"rows[{i}]: expected (query, sources): {e}") from None
+
+
+def _unique(rows: Sequence[Row]) -> list[tuple[str, tuple[str, ...]]]:
+    return list(dict.fromkeys(_key(row, i) for i, row in enumerate(rows)))
+
+
+def _spread(rows: Sequence[Row], unique: list, answers: list) -> list:
+    by_row = dict(zip(unique, answers))
+    return [by_row[_key(row, i)] for i, row in enumerate(rows)]
