@@ -53,26 +53,6 @@ def _card(args) -> int:
     return 0
 
 
-def _eval_factuality(args) -> int:
-    from hubtools import eval_factuality as ev
-    from hubtools.eval import common as ec
-    model, revisions = ec.model_and_revisions(args)
-    common = dict(split=args.split, k=args.k, limit=args.limit, generator=ec.generator_spec(args),
-                  max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
-                  output_dir=args.output_dir)
-    if args.prompts:
-        results = ev.prompt_sweep(model, ev.load_prompts(args.prompts), args.dataset, revision=revisions[0],
-                                  **common)
-        print(ev.markdown_table(results).replace("| Revision |", "| Prompt |", 1))
-        print(f"frontier plot: {args.output_dir}/frontier.png")
-        return 0
-    results = ev.evaluate_revisions(model, revisions, args.dataset,
-                                    system_prompt=args.system_prompt, write_cards=not args.no_card, **common)
-    print(ev.markdown_table(results))
-    print(f"results: {args.output_dir}/results.json, plot: {args.output_dir}/breakdown.png")
-    return 0
-
-
 def _build_dataset(args) -> int:
     from dataset_builders.registry import get_builder
     return get_builder(args.builder).run(args) or 0
@@ -167,24 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="evaluate published revisions",
                         description="Evaluate model revisions on a task; results go into each revision's card.")
     ev_sub = ev.add_subparsers(dest="eval_task", required=True)
-    fe = ev_sub.add_parser(
-        "factuality", help="factuality breakdown over k samples per question",
-        description="Per revision: the share of questions that are Partial Correct, Partial NotAttempt, All "
-                    "NotAttempt, All Correct, All Attempt and Wrong over k samples each, plus SimpleQA-style "
-                    "correct / not attempted / accuracy given attempted / F1. Writes results.json and a "
-                    "breakdown plot to --output-dir and adds the results to each revision's model card. "
-                    "With --prompts, evaluates several system prompts on one model instead and plots the "
-                    "correct-vs-not-attempted frontier.", epilog=_EPILOG_ENDPOINT)
-    from hubtools.eval.common import add_common_arguments
-    add_common_arguments(fe, default_k=8)
-    fe.add_argument("--system-prompt", help="override the dataset's prompts with this system prompt")
-    fe.add_argument("--prompts", help="YAML of name → system prompt: run the prompt sweep on --model")
-    fe.set_defaults(func=_eval_factuality)
     from hubtools.eval import eval_module
     from hubtools.tasks import TASKS
-    for name in sorted(set(TASKS) - {"factuality"}):
+    for name in sorted(TASKS):
         module = eval_module(name)
         task_parser = ev_sub.add_parser(name, help=(module.__doc__ or "").strip().split("\n")[0],
+                                        formatter_class=argparse.RawDescriptionHelpFormatter,
                                         description=(module.__doc__ or "").strip(), epilog=_EPILOG_ENDPOINT)
         module.add_arguments(task_parser)
         task_parser.set_defaults(func=module.run)

@@ -113,7 +113,7 @@ def run(workdir: str | None = None, model: str = "smollm2", quick: bool = False,
 
     stage(f"eval on the held-out questions: the base model, {', '.join(revisions)} (results go into their "
           f"cards), and {last} again with another sampling seed (the noise)")
-    from hubtools.eval_factuality import evaluate_revisions, grade_model, load_eval_rows, markdown_table, score
+    from hubtools.eval.factuality import evaluate_revisions, grade_model, load_eval_rows, markdown_table, score
     from hubtools.generation import make_generator
     ev = dict(k=2 if quick else 8, max_new_tokens=length, generator={"backend": "transformers", "batch_size": 32})
     rows = load_eval_rows(DATASET_REPO, "test")

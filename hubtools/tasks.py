@@ -46,7 +46,7 @@ FACTUALITY = Task(
         "caution": "in groups with no correct sample, not-attempted = 1.0, others 0",
         "boxed_format": "1.0 when the completion gives a final answer in `\\boxed{}` (an abstention counts), else 0",
     },
-    eval_module="hubtools.eval_factuality",
+    eval_module="hubtools.eval.factuality",
     tags=("factuality",),
 )
 

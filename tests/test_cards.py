@@ -257,7 +257,7 @@ def test_dataset_card_without_existing_and_row_table_stats():
 def test_hallucination_rate_in_scores_table_and_model_index(hub, repo_name):
     from huggingface_hub import HfApi, hf_hub_download
 
-    from hubtools.eval_factuality import markdown_table, score, write_card_results
+    from hubtools.eval.factuality import markdown_table, score, write_card_results
     from hubtools.scoring import Grade
     c, i, n = Grade.CORRECT, Grade.INCORRECT, Grade.NOT_ATTEMPTED
     s = score([[c, i, i, n], [n, n, i, c]])  # 2 correct, 3 incorrect, 3 not attempted of 8 samples

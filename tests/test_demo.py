@@ -30,7 +30,7 @@ def test_demo_runs_the_whole_loop_on_its_own_hub(tmp_path, tiny_model_dir):
 
 def test_verdict_counts_a_move_only_beyond_the_seed_noise_and_one_sample():
     from hubtools.demo import compare, verdict
-    from hubtools.eval_factuality import score
+    from hubtools.eval.factuality import score
     from hubtools.scoring import Grade
     c, i, n = Grade.CORRECT, Grade.INCORRECT, Grade.NOT_ATTEMPTED
     base = score([[i, i, i, i]] * 5, [[False, False, False, True]] * 5)

@@ -175,7 +175,7 @@ def test_latest_is_never_absent_while_it_moves(api, repo_name, tmp_path):
 
 
 def test_eval_results_on_the_newest_step_move_latest(api, repo_name, tmp_path):
-    from hubtools.eval_factuality import score, write_card_results
+    from hubtools.eval.factuality import score, write_card_results
     from hubtools.scoring import Grade
     info = {k: v for k, v in RUN_INFO.items() if k != "step"}  # the step comes from the revision
     for step in (1, 2):

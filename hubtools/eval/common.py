@@ -1,5 +1,5 @@
-"""What every `hubtools eval TASK` shares: the flags, which model revision generates, the eval rows,
-and writing results into a revision's card.
+"""What every `hubtools eval TASK` shares: the flags (the judge's too), which model revision
+generates, the eval rows, and writing results into a revision's card.
 
 Why here: each task module is then only its metrics; every task evaluates exactly the revision it
 names (a server must answer as `REPO@REVISION`), and writes its results the same way — `model-index`
@@ -42,6 +42,31 @@ def add_common_arguments(parser, default_k: int) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-card", action="store_true", help="do not write results into the model cards")
     parser.add_argument("--output-dir", default="eval-results")
+
+
+def add_judge_arguments(parser, *, required: bool) -> None:
+    """The flags of an LLM judge (`hubtools.judge.Judge`): its model and servers, how many requests in
+    flight, how long a reply may be, and a cache of its replies."""
+    parser.add_argument("--judge-model", required=required, help="model name the judge server(s) serve")
+    parser.add_argument("--judge-base-url", action="append", required=required, metavar="URL",
+                        help="OpenAI-compatible judge endpoint (repeatable: several share the load)")
+    parser.add_argument("--judge-concurrency", type=int, default=16,
+                        help="judge requests in flight per endpoint (default 16)")
+    parser.add_argument("--judge-max-tokens", type=int, default=512,
+                        help="longest judge reply in tokens (default 512; leave room for a thinking judge's "
+                             "reasoning, or its replies are cut and counted as unparsable)")
+    parser.add_argument("--judge-cache-dir", help="on-disk cache of judge replies (a rerun asks only what is new)")
+
+
+def make_judge(args, needed_by: str):
+    """The judge the `add_judge_arguments` flags describe; an error names the flags `needed_by` lacks."""
+    from hubtools.judge import Judge
+    missing = [flag for flag, value in (("--judge-model", args.judge_model), ("--judge-base-url", args.judge_base_url))
+               if not value]
+    if missing:
+        raise ValueError(f"{needed_by} needs {' and '.join(missing)}")
+    return Judge(args.judge_model, args.judge_base_url, concurrency=args.judge_concurrency,
+                 max_tokens=args.judge_max_tokens, cache_dir=args.judge_cache_dir)
 
 
 def model_and_revisions(args) -> tuple[str, list[str]]:
@@ -107,11 +132,17 @@ def metric_key(name: str) -> str:
 
 
 def write_card_results(repo: str, revision: str, *, task: str, task_type: str, metrics: dict[str, float],
-                       dataset: str, split: str, section: str, plot: bytes | None = None) -> None:
+                       dataset: str, split: str, section: str, plot: bytes | None = None,
+                       metric_config: str | None = None, variant: str | None = None) -> None:
     """Add eval results to the revision's existing card, in one commit: `metrics` as `model-index`
-    results (replacing this task's earlier ones for the same dataset/split) and `section` as the
-    card's `## Evaluation: TASK` section (replacing an earlier one), plus the plot as
-    `eval_TASK.png`. When `revision` is the newest `step-N`, branch `latest` follows it."""
+    results (replacing this task's earlier ones for the same dataset/split and `metric_config`) and
+    `section` as the card's `## Evaluation: TASK` section (replacing an earlier one), plus the plot as
+    `eval_TASK.png`. When `revision` is the newest `step-N`, branch `latest` follows it.
+
+    `metric_config` records how the metrics were measured (each metric's `config`, e.g. which grader).
+    A `variant` (e.g. `judge:MODEL`) is a measurement kept beside the task's default one, never in
+    its place: its metric names, section and plot carry the variant's name.
+    """
     from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError
 
@@ -121,16 +152,20 @@ def write_card_results(repo: str, revision: str, *, task: str, task_type: str, m
     except EntryNotFoundError:
         card = ModelCard("---\n{}\n---\n")
     kept = [r for r in (card.data.eval_results or []) if not (r.dataset_type == dataset and r.dataset_split == split
-                                                              and r.metric_type in metrics)]
+                                                              and r.metric_type in metrics
+                                                              and r.metric_config == metric_config)]
+    suffix = f" ({variant})" if variant else ""
     card.data.eval_results = kept + [
         EvalResult(task_type=task_type, dataset_type=dataset, dataset_name=dataset, dataset_split=split,
-                   metric_type=name, metric_name=name.replace("_", " "), metric_value=value)
+                   metric_type=name, metric_name=name.replace("_", " ") + suffix, metric_value=value,
+                   metric_config=metric_config)
         for name, value in metrics.items()]
     card.data.model_name = card.data.model_name or repo.split("/")[-1]
-    start, end = f"<!-- hubtools-eval-{task}:start -->", f"<!-- hubtools-eval-{task}:end -->"
-    plot_name = f"eval_{task}.png"
-    block = (f"{start}\n## Evaluation: {task}\n\n{section.strip()}\n"
-             + (f"\n![{task} results]({plot_name})\n" if plot else "") + end)
+    key = f"{task}-{metric_key(variant)}" if variant else task
+    start, end = f"<!-- hubtools-eval-{key}:start -->", f"<!-- hubtools-eval-{key}:end -->"
+    plot_name = f"eval_{key}.png"
+    block = (f"{start}\n## Evaluation: {task}{suffix}\n\n{section.strip()}\n"
+             + (f"\n![{task}{suffix} results]({plot_name})\n" if plot else "") + end)
     text = card.text
     if start in text and end in text:
         text = text[:text.index(start)] + block + text[text.index(end) + len(end):]
@@ -141,7 +176,8 @@ def write_card_results(repo: str, revision: str, *, task: str, task_type: str, m
     if plot:
         ops.append(CommitOperationAdd(plot_name, plot))
     api = HfApi()
-    api.create_commit(repo, operations=ops, revision=revision, commit_message=f"Add {task} eval results ({dataset}:{split})")
+    api.create_commit(repo, operations=ops, revision=revision,
+                      commit_message=f"Add {task}{suffix} eval results ({dataset}:{split})")
     advance_latest(api, repo, revision)
 
 

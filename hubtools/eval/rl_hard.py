@@ -120,10 +120,7 @@ def evaluate_revisions(model: str, revisions: list[str], dataset: str, judge, *,
 
 def add_arguments(parser) -> None:
     common.add_common_arguments(parser, default_k=2)
-    parser.add_argument("--judge-model", required=True, help="model name the judge server(s) serve")
-    parser.add_argument("--judge-base-url", action="append", required=True, metavar="URL",
-                        help="OpenAI-compatible judge endpoint (repeatable: several share the load)")
-    parser.add_argument("--judge-cache-dir", help="on-disk cache of judge replies (a rerun asks only what is new)")
+    common.add_judge_arguments(parser, required=True)
     parser.add_argument("--static-rubrics", type=lambda s: [r.strip() for r in s.split(",") if r.strip()],
                         help=f"comma-separated titles of the static rubric set (default all: "
                              f"{', '.join(RL_HARD.static_rubrics)})")
@@ -131,9 +128,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from hubtools.judge import Judge
     model, revisions = common.model_and_revisions(args)
-    judge = Judge(args.judge_model, args.judge_base_url, cache_dir=args.judge_cache_dir)
+    judge = common.make_judge(args, "hubtools eval rl_hard")
     results = evaluate_revisions(
         model, revisions, args.dataset, judge, split=args.split, k=args.k, limit=args.limit,
         generator=common.generator_spec(args), max_new_tokens=args.max_new_tokens, temperature=args.temperature,
