@@ -20,9 +20,9 @@ from hubtools.redact import redact, redact_data
 
 MODEL_KEYS = {
     "repo_id", "title", "summary", "license", "pipeline_tag", "library_name", "tags", "datasets",
-    "base_model", "base_model_description", "algorithm", "algorithm_trainer", "algorithm_script",
-    "algorithm_repo", "algorithm_repo_url", "step", "training_reward", "revision", "loading", "reward_plot",
-    "task", "dataset",
+    "base_model", "base_model_revision", "base_model_description", "algorithm", "algorithm_trainer",
+    "algorithm_script", "algorithm_repo", "algorithm_repo_url", "step", "training_reward", "training_loss",
+    "revision", "loading", "reward_plot", "loss_plot", "training_length", "task", "dataset",
     "dataset_split", "dataset_description", "reward_description", "reward_components", "judge",
     "judge_serving", "kl_estimator", "kl_beta", "optimizer", "learning_rate", "lr_scheduler",
     "per_device_train_batch_size", "parallelism", "rollout_prompts", "rollout_samples_per_prompt",
@@ -96,12 +96,14 @@ def render_model_card(info: dict) -> ModelCard:
             raise ValueError("model card info: 'loading' needs 'repo_id'")
     datasets = ctx["datasets"] or ([ctx["dataset"]] if ctx["dataset"] else None)
     evals = _eval_results(ctx["eval_results"] or [])
-    # training_step / training_reward: extra metadata keys, read by the hub's run view from each step's card
+    # training_step / training_reward (/ training_loss): extra metadata keys, read by the hub's run view from
+    # each step's card
     data = ModelCardData(base_model=ctx["base_model"], datasets=datasets, tags=ctx["tags"],
                          library_name=ctx["library_name"], pipeline_tag=ctx["pipeline_tag"],
                          license=ctx["license"], eval_results=evals or None,
                          model_name=ctx["title"] if evals else None,
-                         training_step=ctx["step"], training_reward=ctx["training_reward"])
+                         training_step=ctx["step"], training_reward=ctx["training_reward"],
+                         training_loss=ctx["training_loss"])
     return ModelCard(f"---\n{data.to_yaml()}\n---\n{_body('model_card.md.j2', ctx)}")
 
 

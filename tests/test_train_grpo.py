@@ -173,9 +173,9 @@ def test_card_reproduction_reruns_elsewhere(tmp_path, monkeypatch, recipe_in_pro
 
 
 def test_code_version_of_a_checkout_and_outside_one(tmp_path, monkeypatch):
-    import train.grpo as grpo
-    monkeypatch.setattr(grpo, "ROOT", tmp_path)
-    assert grpo.code_version() == (importlib.metadata.version("hubtools"), "unknown", False)  # not a checkout
+    import train.common as common
+    monkeypatch.setattr(common, "ROOT", tmp_path)
+    assert common.code_version() == (importlib.metadata.version("hubtools"), "unknown", False)  # not a checkout
 
     def git(*args):
         return subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", *args],
@@ -184,11 +184,11 @@ def test_code_version_of_a_checkout_and_outside_one(tmp_path, monkeypatch):
     (tmp_path / "f.py").write_text("a = 1\n")
     git("add", "f.py")
     git("commit", "-q", "-m", "x")
-    assert grpo.code_version()[1:] == (git("rev-parse", "HEAD"), False)
+    assert common.code_version()[1:] == (git("rev-parse", "HEAD"), False)
     (tmp_path / "f.py").write_text("a = 2\n")
-    assert grpo.code_version()[1:] == (git("rev-parse", "HEAD"), True)
+    assert common.code_version()[1:] == (git("rev-parse", "HEAD"), True)
     monkeypatch.setenv("PATH", str(tmp_path / "no-git-here"))
-    assert grpo.code_version()[1] == "unknown"
+    assert common.code_version()[1] == "unknown"
 
 
 FAKE = {  # stand-ins for the cluster's commands: record argv (NUL-separated) and the HF_* environment
