@@ -102,6 +102,14 @@ def tiny_model_dir():
     return build_tiny_model(_TMP / "tiny-model")
 
 
+@pytest.fixture(scope="session")
+def served(tiny_model_dir):
+    """(base_url, model name) of one real `transformers serve` of the tiny model, shared by the tests."""
+    from hubtools.generation import serve_transformers
+    with serve_transformers(tiny_model_dir) as base_url:
+        yield base_url, str(tiny_model_dir)
+
+
 @pytest.fixture
 def other_hub(tmp_path):
     """A second, independent hub (for mirror tests and crash tests)."""

@@ -12,7 +12,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from huggingface_hub import HfApi, ModelCard, hf_hub_download
 
-import test_judge
 from conftest import ROOT
 from hubtools.cli import main
 from hubtools.eval.factuality import (CATEGORIES, category, evaluate_revisions, grade_samples, load_prompts,
@@ -22,8 +21,6 @@ from hubtools.judge import Judge
 from hubtools.publish import publish_checkpoint
 from hubtools.scoring import Grade
 from model_cards import load_run_info
-
-served = test_judge.served  # (base_url, model name) of a real `transformers serve` of the tiny model
 
 C, I, N = Grade.CORRECT, Grade.INCORRECT, Grade.NOT_ATTEMPTED
 

@@ -9,7 +9,6 @@ import math
 
 import pytest
 
-from hubtools.generation import serve_transformers
 from hubtools.geo import REWARD_WEIGHTS, sentences, visibility, weighted_score
 from hubtools.geo_engine import TEMPLATE, Engine, parse_answer, template_variables
 from hubtools.hubenv import free_port
@@ -202,13 +201,6 @@ def test_prompt_fences_sources():
 
 
 # ------------------------------------------------------------------------------------ engine against a server
-
-
-@pytest.fixture(scope="module")
-def served(tiny_model_dir):
-    """(base_url, model name) of a real `transformers serve` for the tiny model."""
-    with serve_transformers(tiny_model_dir) as base_url:
-        yield base_url, str(tiny_model_dir)
 
 
 def engine_for(base_url, model, **kwargs) -> Engine:

@@ -91,18 +91,11 @@ def test_templates_render_text_as_data():
     assert "cannot be determined" in grade  # abstention is handled explicitly: NOT_ATTEMPTED, never CORRECT
     with pytest.raises(jinja2.UndefinedError, match="rubric"):
         render("rubric_score", lo=0, hi=2, question="Q?", response="R")
-    with pytest.raises(ValueError, match=r"'nope' not found; packaged templates: \['grade_answer', 'rubric_score'"):
+    with pytest.raises(ValueError, match=r"'nope' not found; packaged templates: \[.*'grade_answer'.*'rubric_score'"):
         render("nope")
 
 
 # ------------------------------------------------------------------------------------ against a server
-
-
-@pytest.fixture(scope="module")
-def served(tiny_model_dir):
-    """(base_url, model name) of a real `transformers serve` for the tiny model."""
-    with serve_transformers(tiny_model_dir) as base_url:
-        yield base_url, str(tiny_model_dir)
 
 
 class CountingJudge(Judge):
