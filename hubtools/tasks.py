@@ -90,6 +90,31 @@ RL_HARD = Task(
     },
 )
 
+GEO = Task(
+    name="geo",
+    description="Rewrite one web source so that a generative engine, answering a query over several sources "
+                "with `[k]` citations, cites it more and more prominently, while the source keeps its key points.",
+    dataset_description="each row carries the query, its n sources, the index of the source to rewrite and that "
+                        "source's visibility in the engine's answer before rewriting",
+    # The GEO study's RL system prompt (its wording, grammar mended): a general rewrite instruction, reasoning
+    # in think tags, the rewrite about as long as the source.
+    system_prompt=("You will be given one 'source text' and one 'task description' about how you should rewrite "
+                   "that 'source text'. Please directly return the rewritten content. In addition to including "
+                   "your reasoning within the <think> and </think> tags, make sure that your 'rewritten content' "
+                   "in the formal answer is approximately the same length as the 'source text'."),
+    output_format=("Optional reasoning in `<think>...</think>`, then the rewritten source text alone, about as long "
+                   "as the original (only the text after the reasoning is scored)."),
+    rewards={
+        "geo": "visibility gain of the rewritten source in the simulated engine's answer over all n sources: "
+               "(word_position·0.6 + position·0.2 + word·0.2) after − before, each the source's share over the "
+               "sources (weights in the recipe); the think section is stripped before the engine sees the rewrite",
+        "keypoint": "share of the original source's key points the rewrite still supports, minus contradictions "
+                    "(judged by the LLM judge)",
+    },
+    eval_module="hubtools.eval.geo",
+    tags=("geo",),
+)
+
 TASKS = {t.name: t for t in (FACTUALITY, RL_HARD)}
 
 
