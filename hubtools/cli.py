@@ -59,8 +59,15 @@ def _build_dataset(args) -> int:
 
 
 def _demo(args) -> int:
-    from hubtools.demo import run
-    run(args.workdir, model=args.model, quick=args.quick, serve=args.serve)
+    if bool(args.judge_model) != bool(args.judge_base_url):
+        raise ValueError("--judge-model and --judge-base-url go together")
+    if args.task == "rl_hard":
+        from hubtools.demo.rl_hard import run
+        run(args.workdir, quick=args.quick, serve=args.serve, judge_model=args.judge_model,
+            judge_base_url=args.judge_base_url)
+    else:
+        from hubtools.demo.factuality import run
+        run(args.workdir, model=args.model, quick=args.quick, serve=args.serve)
     return 0
 
 
@@ -157,14 +164,26 @@ def build_parser() -> argparse.ArgumentParser:
         module.add_arguments(task_parser)
         task_parser.set_defaults(func=module.run)
 
+    from hubtools.demo import DEMOS
     demo = sub.add_parser(
-        "demo", help="run the whole factuality loop offline on embedded defaults",
-        description="Start a local hub (unless HF_ENDPOINT is set); build a just-hard-enough factuality dataset "
-                    "from the bundled questions by sampling the packaged SmolLM2-135M-Instruct; train a few GRPO "
-                    "steps, publishing each saved step as revision step-N with its card; evaluate the published "
-                    "revisions (results into their cards); load one back with from_pretrained(revision=...).")
+        "demo", help="run a task's whole loop offline on embedded defaults",
+        description="Start a local hub (unless HF_ENDPOINT is set) and run a task's loop on the packaged models and "
+                    "bundled data: build the dataset and publish it with its card, train, publishing each saved "
+                    "step as revision step-N with its card, evaluate the published revisions (results into their "
+                    "cards), load one back with from_pretrained(revision=...).\n\n"
+                    "factuality (default): a just-hard-enough dataset sampled from the packaged "
+                    "SmolLM2-135M-Instruct, GRPO of SmolLM2 on it.\n"
+                    "rl_hard: the refiner; the packaged SmolLM2 served with `transformers serve` as judge and "
+                    "rubric writer, a tiny policy fine-tuned on bundled reference answers, the rubric dataset "
+                    "built with it, GRPO with rubric + citation + format rewards.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    demo.add_argument("task", nargs="?", default="factuality", choices=DEMOS, help="which loop (default factuality)")
     demo.add_argument("--workdir", help="where the hub, run and eval outputs go (default: a temp dir)")
-    demo.add_argument("--model", default="smollm2", help="base model (default: the packaged SmolLM2)")
+    demo.add_argument("--model", default="smollm2", help="factuality: base model (default: the packaged SmolLM2)")
+    demo.add_argument("--judge-model", help="rl_hard: the judge's model name, as its server serves it")
+    demo.add_argument("--judge-base-url", action="append", metavar="URL",
+                      help="rl_hard: an OpenAI-compatible judge server (repeatable); default: serve the packaged "
+                           "SmolLM2 here")
     demo.add_argument("--quick", action="store_true", help="tiny sizes everywhere (a smoke test of the wiring)")
     demo.add_argument("--serve", action="store_true",
                       help="keep the local hub up at the end, so the printed links open in a browser (Ctrl-C stops)")

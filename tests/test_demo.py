@@ -1,4 +1,5 @@
-"""The README's main command, at smoke-test size: `hubtools demo --quick` on the tiny model."""
+"""The README's demos at smoke-test size: `hubtools demo --quick` (factuality) on the tiny model, and
+`hubtools demo rl_hard --quick` with the tiny model served as judge."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import os
 import subprocess
 import sys
 
-from conftest import ROOT
+from conftest import ROOT, HubProcess
+
+from hubtools.hubenv import free_port
 
 
 def test_demo_runs_the_whole_loop_on_its_own_hub(tmp_path, tiny_model_dir):
@@ -29,7 +32,7 @@ def test_demo_runs_the_whole_loop_on_its_own_hub(tmp_path, tiny_model_dir):
 
 
 def test_verdict_counts_a_move_only_beyond_the_seed_noise_and_one_sample():
-    from hubtools.demo import compare, verdict
+    from hubtools.demo.factuality import compare, verdict
     from hubtools.eval.factuality import score
     from hubtools.scoring import Grade
     c, i, n = Grade.CORRECT, Grade.INCORRECT, Grade.NOT_ATTEMPTED
@@ -43,3 +46,31 @@ def test_verdict_counts_a_move_only_beyond_the_seed_noise_and_one_sample():
     assert "Correct" not in moved  # 0 → 5 points: one sample of 20, not beyond the eval's resolution
     assert verdict("step-4", moved).endswith("(it learned more abstentions, the answer format)")
     assert verdict("step-4", {}) == "nothing moved beyond the noise between the base model and step-4"
+
+
+def test_rl_hard_demo_runs_the_whole_loop(tmp_path, served):
+    """SFT of the small policy → rubric dataset → 2 GRPO step revisions → eval into their cards → from_pretrained."""
+    base_url, judge_model = served
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_ENDPOINT", "HF_HUB_CACHE", "HF_TOKEN")}
+    out = subprocess.run([sys.executable, "-m", "hubtools.cli", "demo", "rl_hard", "--quick", "--workdir", str(tmp_path),
+                          "--judge-model", judge_model, "--judge-base-url", base_url],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    stages = ("[1/7] local hub", "[2/7] judge", "[3/7] small policy", "[4/7] dataset", "[5/7] GRPO", "[6/7] eval",
+              "[7/7] downstream")
+    assert all(s in out.stdout for s in stages), out.stdout[-3000:]
+    for row in ("| SFT (step-2) |", "| step-1 |", "| step-2 |"):
+        assert row in out.stdout
+    assert "/demo/tiny-refiner-grpo/tree/step-2" in out.stdout and "/datasets/demo/refiner-rl-hard" in out.stdout
+    assert set(json.loads((tmp_path / "eval" / "results.json").read_text())) == {"step-1", "step-2"}
+    from huggingface_hub import HfApi, hf_hub_download
+    hub = HubProcess(tmp_path / "hub", free_port(), None).start()  # the demo's hub, served again
+    try:
+        branches = {b.name for b in HfApi(endpoint=hub.url).list_repo_refs("demo/tiny-refiner-grpo").branches}
+        card = open(hf_hub_download("demo/tiny-refiner-grpo", "README.md", revision="step-2", endpoint=hub.url,
+                                    cache_dir=tmp_path / "dl")).read()
+    finally:
+        hub.kill()
+    assert {"step-1", "step-2", "latest", "main"} <= branches
+    assert "demo/tiny-refiner-sft" in card and "step-2" in card and "rubric" in card  # base revision, rewards
+    assert "format_valid" in card  # the eval's results, in the card's model-index

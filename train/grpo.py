@@ -24,24 +24,33 @@ from train import common  # noqa: E402  (its package turns Xet off for a local h
 class ScriptArguments(common.TrainScriptArguments):
     reward_funcs: list[str] = field(default_factory=list, metadata={
         "help": "rewards, summed with reward_weights (names in train/rewards: fact_caution, fact, caution, "
-                "boxed_format, rubric, citation, format)"})
+                "boxed_format, rubric, citation, format, geo, keypoint)"})
     reward_schedule: str | None = field(default=None, metadata={
         "help": "rewards in sequence instead, e.g. 'fact:100,caution' = fact until step 100, then caution"})
     max_prompt_length: int | None = field(default=None, metadata={
         "help": "drop training rows whose prompt is longer than this many tokens (counted in the log and cards)"})
-    # The LLM judge of the judge-backed rewards (rubric, citation): any OpenAI-compatible server(s).
-    judge_model: str | None = field(default=None, metadata={"help": "model name the judge server(s) serve"})
+    # The LLM judge of the judge-backed rewards (rubric, citation, keypoint), and the GEO reward's generative
+    # engine: any OpenAI-compatible server(s).
+    judge_model: str | None = field(default=None, metadata={
+        "help": "model name the judge server(s) serve (also the simulated engine of the geo reward)"})
     judge_base_url: list[str] = field(default_factory=list, metadata={
         "help": "OpenAI-compatible judge endpoint(s), e.g. http://node1:8000/v1; several share the load"})
     judge_serving: str = field(default="an OpenAI-compatible endpoint", metadata={
         "help": "how the judge is served, for the cards (e.g. 'local vLLM'); never a URL"})
     judge_concurrency: int = field(default=16, metadata={"help": "judge requests in flight per server"})
     judge_cache_dir: str | None = field(default=None, metadata={"help": "on-disk cache of judge replies"})
+    judge_max_tokens: int = field(default=512, metadata={
+        "help": "tokens per judge reply (leave room for reasoning with a thinking judge)"})
     static_rubrics: list[str] = field(default_factory=lambda: ["Citation Discipline", "Off-Query Padding",
                                                                "Wrong-Entity Confabulation"],
                                       metadata={"help": "titles of the static rubric set added to every row's rubrics"})
     instance_rubrics_only: bool = field(default=False, metadata={
         "help": "rubric reward: score only the row's own rubrics (drop the static set from reward and logs)"})
+    geo_weights: str = field(default="word_position:0.6,position:0.2,word:0.2", metadata={
+        "help": "geo reward: weight of each visibility metric of the rewritten source, metric:weight comma-separated"})
+    geo_length_ratio: list[float] = field(default_factory=lambda: [0.5, 2.0], metadata={
+        "help": "geo reward: lo hi; a rewrite whose word count is outside lo..hi times the original's earns "
+                "what an uncited one does"})
 
 
 def build_card_info(script_args, training_args, model_args, reward_names: list[str], world_size: int,
@@ -66,6 +75,10 @@ def build_card_info(script_args, training_args, model_args, reward_names: list[s
                      if script_args.instance_rubrics_only else
                      f"Rubric reward: the row's per-instance rubrics plus the static set "
                      f"({', '.join(f'`{t}`' for t in script_args.static_rubrics)}).")
+    if "geo" in reward_names:
+        notes.append(f"GEO reward: the judge model is the simulated generative engine; weights "
+                     f"`{script_args.geo_weights}`; a rewrite outside {script_args.geo_length_ratio[0]:g}–"
+                     f"{script_args.geo_length_ratio[1]:g}× the original's words is scored as uncited.")
     info = common.card_info(script_args, training_args, model_args, world_size, argv, algorithm="GRPO",
                             trainer="TRL `GRPOTrainer`", script="train/grpo.py", notes=notes)
     return info | {
@@ -76,7 +89,7 @@ def build_card_info(script_args, training_args, model_args, reward_names: list[s
                   for s in rewards.parse_schedule(script_args.reward_schedule)),
         "reward_components": [{"name": n, "weight": w} for n, w in zip(reward_names, weights)],
         **({"judge": script_args.judge_model, "judge_serving": script_args.judge_serving}
-           if {"rubric", "citation"} & set(reward_names) else {}),
+           if {"rubric", "citation", "geo", "keypoint"} & set(reward_names) else {}),
         **({"kl_estimator": "k3", "kl_beta": training_args.beta} if training_args.beta > 0 else {}),
         "rollout_prompts": training_args.generation_batch_size // training_args.num_generations,
         "rollout_samples_per_prompt": training_args.num_generations,

@@ -18,12 +18,13 @@ def _judge(args):
     """The one judge client of this process, shared by the judge-backed rewards (built on first use)."""
     from hubtools.judge import Judge
     if not getattr(args, "judge_model", None) or not getattr(args, "judge_base_url", None):
-        raise ValueError("the rubric and citation rewards need a judge: set judge_model and judge_base_url "
-                         "(one or more OpenAI-compatible endpoints) in the recipe")
-    key = (args.judge_model, tuple(args.judge_base_url), args.judge_concurrency, args.judge_cache_dir)
+        raise ValueError("the judge-backed rewards (rubric, citation, geo, keypoint) need a judge: set judge_model "
+                         "and judge_base_url (one or more OpenAI-compatible endpoints) in the recipe")
+    key = (args.judge_model, tuple(args.judge_base_url), args.judge_concurrency, args.judge_cache_dir,
+           args.judge_max_tokens)
     if key not in _JUDGES:
         _JUDGES[key] = Judge(args.judge_model, list(args.judge_base_url), concurrency=args.judge_concurrency,
-                             cache_dir=args.judge_cache_dir)
+                             cache_dir=args.judge_cache_dir, max_tokens=args.judge_max_tokens)
     return _JUDGES[key]
 
 
@@ -47,6 +48,19 @@ def _format(args) -> RewardFn:
     return format_reward
 
 
+def _geo(args) -> RewardFn:
+    """The GEO reward; its engine is the judge model (one served model answers as the engine and judges)."""
+    from hubtools.geo_engine import Engine
+    from train.rewards.geo import make_geo_reward, parse_weights
+    return make_geo_reward(Engine(_judge(args)), weights=parse_weights(args.geo_weights),
+                           length_ratio=args.geo_length_ratio)
+
+
+def _keypoint(args) -> RewardFn:
+    from train.rewards.geo import make_keypoint_reward
+    return make_keypoint_reward(_judge(args))
+
+
 REWARDS: dict[str, Callable[[object], RewardFn]] = {
     "fact_caution": lambda args: fact_caution,
     "fact": lambda args: fact,
@@ -55,6 +69,8 @@ REWARDS: dict[str, Callable[[object], RewardFn]] = {
     "rubric": _rubric,
     "citation": _citation,
     "format": _format,
+    "geo": _geo,
+    "keypoint": _keypoint,
 }
 
 
