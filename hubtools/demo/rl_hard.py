@@ -99,12 +99,12 @@ def run(path: str | None = None, quick: bool = False, serve: bool = False, judge
         served = {"model": judge_model, "base_url": judge_base_url, "concurrency": 2,
                   "cache_dir": str(work / "judge-cache"), "timeout": 300}
         recipe["judge"] = recipe["judge"] | served | {"max_tokens": 8}
-        recipe["rubric_writer"] = recipe["rubric_writer"] | served | {"max_tokens": 24 if quick else 64}
+        recipe["rubric_writer"] = recipe["rubric_writer"] | served | {"max_tokens": 24 if quick else 48}
         recipe["prefer_reference_rubrics"] = False  # the writer is asked; its failures fall back to the reference
         recipe["test_size"] = 2 if quick else 4
         recipe["select"]["rule"] = "lowest_mean"
         recipe["generator"] = {"backend": "transformers", "model": SFT_REPO, "revision": sft_revision, "batch_size": 16}
-        rl_hard.build(recipe, push_to_hub=DATASET_REPO, k=2 if quick else 4, n=6 if quick else 12,
+        rl_hard.build(recipe, push_to_hub=DATASET_REPO, k=2, n=6 if quick else 12,
                       max_new_tokens=16 if quick else 128)
 
         stage(f"GRPO from {SFT_REPO}@{sft_revision}: rubric + citation + format rewards, judged by the served "
@@ -122,7 +122,7 @@ def run(path: str | None = None, quick: bool = False, serve: bool = False, judge
         stage(f"eval on the held-out rows: the SFT model, {', '.join(revisions)} (results into their cards)")
         from hubtools.judge import Judge
         judge = Judge(judge_model, judge_base_url, concurrency=2, max_tokens=8, cache_dir=work / "judge-cache")
-        ev = dict(split="test", k=1 if quick else 2, max_new_tokens=length, generator={"backend": "transformers"})
+        ev = dict(split="test", k=1, max_new_tokens=length, generator={"backend": "transformers"})
         results = {f"SFT ({sft_revision})": rl_eval.evaluate_revisions(
             SFT_REPO, [sft_revision], DATASET_REPO, judge, write_cards=False, output_dir=str(work / "eval" / "sft"),
             **ev)[sft_revision]}
