@@ -1,9 +1,9 @@
 """Benchmark: judge throughput against OpenAI-shaped servers with a fixed 100 ms latency.
 
-The load target is a latency server started by this script in its own process (a bare ASGI app on
-uvicorn that answers every chat completion with {"score": 2} after `await asyncio.sleep(latency)`),
-so the figures measure the judge client: bounded concurrency, load balancing, cache writes, parsing.
-From one run it prints:
+The load target is the latency server of bench/latency_server.py, started by this script in its own
+process (a bare ASGI app on uvicorn that answers every chat completion with {"score": 2} after
+`await asyncio.sleep(latency)`), so the figures measure the judge client: bounded concurrency, load
+balancing, cache writes, parsing. From one run it prints:
 - 64 in flight on one server, as a ratio of the limit 64 / latency (640 req/s; target ≥ 90 %);
 - the same as a ratio of a serial loop (measured on 30 calls and extrapolated; target ≥ 50×);
 - two servers behind two base URLs (64 in flight each) vs one (target ≥ 1.8×).
@@ -17,50 +17,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import socket
-import subprocess
-import sys
+import contextlib
 import tempfile
 import time
 
-from hubtools.hubenv import free_port
 from hubtools.judge import Judge
-
-REPLY = json.dumps({"id": "bench", "object": "chat.completion", "created": 0, "model": "bench-judge",
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": '{"score": 2}'}}]}).encode()
-
-
-def serve(port: int, latency: float) -> None:
-    """The latency server (runs in a child process)."""
-    import uvicorn
-
-    async def app(scope, receive, send):
-        if scope["type"] != "http":
-            return
-        while (await receive()).get("more_body"):
-            pass
-        await asyncio.sleep(latency)
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(REPLY)).encode())]})
-        await send({"type": "http.response.body", "body": REPLY})
-
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
-
-
-def start_server(latency: float) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, __file__, "--serve", str(port), "--latency", str(latency)])
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, f"http://127.0.0.1:{port}/v1"
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError(f"latency server on port {port} did not start")
+from latency_server import latency_server
 
 
 def rows(tag: str, n: int) -> list[dict]:
@@ -109,19 +71,10 @@ def main() -> None:
     ap.add_argument("--serial", type=int, default=30)
     ap.add_argument("--concurrency", type=int, default=64, help="requests in flight per server")
     ap.add_argument("--latency", type=float, default=0.1, help="seconds each server waits before answering")
-    ap.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)  # the latency server's process
     args = ap.parse_args()
-    if args.serve:
-        return serve(args.serve, args.latency)
-
-    servers = [start_server(args.latency) for _ in range(2)]
-    try:
-        with tempfile.TemporaryDirectory(prefix="bench-judge-") as cache:
-            asyncio.run(bench(args, [url for _, url in servers], cache))
-    finally:
-        for proc, _ in servers:
-            proc.terminate()
-            proc.wait(10)
+    with contextlib.ExitStack() as servers, tempfile.TemporaryDirectory(prefix="bench-judge-") as cache:
+        urls = [servers.enter_context(latency_server(args.latency)) for _ in range(2)]
+        asyncio.run(bench(args, urls, cache))
 
 
 if __name__ == "__main__":

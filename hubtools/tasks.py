@@ -107,15 +107,17 @@ GEO = Task(
     rewards={
         "geo": "visibility gain of the rewritten source in the simulated engine's answer over all n sources: "
                "(word_position·0.6 + position·0.2 + word·0.2) after − before, each the source's share over the "
-               "sources (weights in the recipe); the think section is stripped before the engine sees the rewrite",
-        "keypoint": "share of the original source's key points the rewrite still supports, minus contradictions "
-                    "(judged by the LLM judge)",
+               "sources (weights in the recipe); the think section is stripped and `[k]` markers removed before "
+               "the engine sees the rewrite; an engine answer citing no source gives it 0, and so does a rewrite "
+               "that is empty, outside the recipe's length bounds or addressed to the engine (not shown to it)",
+        "keypoint": "(supported − contradicted) / judged key points of the original source, each labelled against "
+                    "the rewrite by the LLM judge; an empty rewrite 0",
     },
     eval_module="hubtools.eval.geo",
     tags=("geo",),
 )
 
-TASKS = {t.name: t for t in (FACTUALITY, RL_HARD)}
+TASKS = {t.name: t for t in (FACTUALITY, RL_HARD, GEO)}
 
 
 def get_task(name: str) -> Task:
