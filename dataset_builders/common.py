@@ -152,6 +152,42 @@ def override_generator(recipe: dict, *, model: str | None = None, backend: str |
             gen[key] = value
 
 
+# -- served models --------------------------------------------------------------------------
+# A recipe block naming a served model (a judge, an engine, a writer): its defaults, checks and client.
+SERVED_DEFAULTS = {"model": None, "base_url": None, "api_key_env": None, "concurrency": 16, "max_tokens": 512,
+                   "timeout": 120, "cache_dir": None}
+
+
+def check_served(r: dict, key: str) -> None:
+    """Check the completed recipe's served-model block `key` (model, base_url, limits), naming the key."""
+    block = r[key]
+    require(isinstance(block["model"], str) and block["model"] != "",
+            f"{key}.model is required (the model name its server serves)")
+    urls = block["base_url"]
+    require(bool(urls) and all(isinstance(u, str) and u for u in ([urls] if isinstance(urls, str) else urls)),
+            f"{key}.base_url is required: a URL (or a list) of an OpenAI-compatible server such as "
+            "`vllm serve` or `transformers serve`; no judge runs inside the builder")
+    require(is_int(block["concurrency"]) and block["concurrency"] >= 1, f"{key}.concurrency must be >= 1")
+    require(is_int(block["max_tokens"]) and block["max_tokens"] >= 1, f"{key}.max_tokens must be >= 1")
+    require(is_num(block["timeout"]) and block["timeout"] > 0, f"{key}.timeout must be > 0 (seconds)")
+
+
+def make_judge(recipe: dict, key: str):
+    """A `hubtools.judge.Judge` for the recipe's served-model block `key`; "smollm2" names the packaged
+    model's folder, which is what a `transformers serve` pinned to it expects."""
+    import os
+
+    from hubtools.judge import Judge
+    from hubtools.models import resolve_model
+    block = recipe[key]
+    api_key = os.environ.get(block["api_key_env"]) if block["api_key_env"] else None
+    if block["api_key_env"] and not api_key:
+        raise ValueError(f"{key}.api_key_env: environment variable {block['api_key_env']} is not set")
+    return Judge(resolve_model(block["model"]), block["base_url"], api_key=api_key,
+                 concurrency=block["concurrency"], max_tokens=block["max_tokens"], timeout=block["timeout"],
+                 cache_dir=block["cache_dir"])
+
+
 # -- sources --------------------------------------------------------------------------------
 class BadRow(ValueError):
     """A row that cannot be used: `reason` is the counted category, `field` the recipe column key."""

@@ -9,7 +9,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-BUILDERS = {"factuality": "dataset_builders.factuality", "rl_hard": "dataset_builders.rl_hard"}
+BUILDERS = {"factuality": "dataset_builders.factuality", "rl_hard": "dataset_builders.rl_hard",
+            "geo": "dataset_builders.geo"}
 
 
 def get_builder(name: str) -> ModuleType:
