@@ -18,7 +18,6 @@ Output rows: `id` ("<source>-<row index>"), `source`, `question`, `reasoning`, `
 from __future__ import annotations
 
 import json
-import os
 import statistics
 from collections import Counter
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError, model_validator
 
 from dataset_builders import common
-from dataset_builders.common import BadRow, get_column, is_int, is_num, require, short
+from dataset_builders.common import BadRow, get_column, is_int, require, short
 from hubtools.citations import source_ids
 from hubtools.tasks import RL_HARD
 
@@ -89,16 +88,7 @@ def parse_written(reply: str) -> tuple[list[dict], list[dict]]:
 
 def _check(r: dict) -> None:
     for key in SERVED_KEYS:
-        block = r[key]
-        require(isinstance(block["model"], str) and block["model"] != "",
-                f"{key}.model is required (the model name its server serves)")
-        urls = block["base_url"]
-        require(bool(urls) and all(isinstance(u, str) and u for u in ([urls] if isinstance(urls, str) else urls)),
-                f"{key}.base_url is required: a URL (or a list) of an OpenAI-compatible server such as "
-                "`vllm serve` or `transformers serve`; no judge runs inside the builder")
-        require(is_int(block["concurrency"]) and block["concurrency"] >= 1, f"{key}.concurrency must be >= 1")
-        require(is_int(block["max_tokens"]) and block["max_tokens"] >= 1, f"{key}.max_tokens must be >= 1")
-        require(is_num(block["timeout"]) and block["timeout"] > 0, f"{key}.timeout must be > 0 (seconds)")
+        common.check_served(r, key)
     static = r["static_rubrics"]
     require(isinstance(static, list) and all(isinstance(t, str) for t in static),
             "static_rubrics must be a list of titles")
@@ -111,11 +101,9 @@ def _check(r: dict) -> None:
     require(s["n"] is None or (is_int(s["n"]) and s["n"] >= 1), "select.n must be a positive integer")
 
 
-_SERVED = {"model": None, "base_url": None, "api_key_env": None, "concurrency": 16, "max_tokens": 512,
-           "timeout": 120, "cache_dir": None}
 SPEC = common.RecipeSpec(
     builder=NAME,
-    defaults={"judge": dict(_SERVED), "rubric_writer": _SERVED | {"max_tokens": 1024},
+    defaults={"judge": dict(common.SERVED_DEFAULTS), "rubric_writer": common.SERVED_DEFAULTS | {"max_tokens": 1024},
               "prefer_reference_rubrics": False, "static_rubrics": list(RL_HARD.static_rubrics), "k": 8,
               "sampling": {"max_new_tokens": 1024, "temperature": 1.0, "top_p": 1.0},
               "select": {"n": None, "rule": RULES[0]}, "pretty_name": "Refiner: hard rubric rows"},
@@ -158,20 +146,6 @@ def apply_overrides(recipe: dict, *, model: str | None = None, backend: str | No
 
 def _say(text: str) -> None:
     common.say(NAME, text)
-
-
-def make_judge(recipe: dict, key: str):
-    """A `hubtools.judge.Judge` for the recipe's `judge` or `rubric_writer` block; "smollm2" names the
-    packaged model's folder, which is what a `transformers serve` pinned to it expects."""
-    from hubtools.judge import Judge
-    from hubtools.models import resolve_model
-    block = recipe[key]
-    api_key = os.environ.get(block["api_key_env"]) if block["api_key_env"] else None
-    if block["api_key_env"] and not api_key:
-        raise ValueError(f"{key}.api_key_env: environment variable {block['api_key_env']} is not set")
-    return Judge(resolve_model(block["model"]), block["base_url"], api_key=api_key,
-                 concurrency=block["concurrency"], max_tokens=block["max_tokens"], timeout=block["timeout"],
-                 cache_dir=block["cache_dir"])
 
 
 # ---------------------------------------------------------------------------------------- rows
@@ -424,7 +398,7 @@ def build(recipe: dict, *, push_to_hub: str | None = None, output_dir: str | Pat
     _say("loaded " + ", ".join(f"{name}: {len(rs)}" for name, rs in by_source.items())
         + (f"; skipped {sum(skipped.values())} bad row(s): {dict(skipped)}" if skipped else ""))
 
-    writer = make_judge(recipe, "rubric_writer")
+    writer = common.make_judge(recipe, "rubric_writer")
     rubric_counts = attach_rubrics(writer, rows, recipe["prefer_reference_rubrics"])
     for r in rows:
         if r["rubric_source"] is None:
@@ -439,7 +413,7 @@ def build(recipe: dict, *, push_to_hub: str | None = None, output_dir: str | Pat
     _say(f"sampling {len(rows)} rows × k={recipe['k']} from {policy} ({backend})")
     samples = common.sample_k(generator, [r["prompt"] for r in rows], recipe, desc=f"sampling k={recipe['k']}")
 
-    judge = make_judge(recipe, "judge")
+    judge = common.make_judge(recipe, "judge")
     scored = []
     for row, (scores, no_answer) in zip(rows, score_samples(judge, recipe["static_rubrics"], rows, samples)):
         row_stats = score_stats(scores)

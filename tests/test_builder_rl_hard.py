@@ -127,7 +127,7 @@ def test_recipe_errors_name_the_key_and_the_default_recipe_loads():
     no_judge = {k: v for k, v in recipe.items() if k != "judge"}
     with pytest.raises(ValueError, match="judge.model is required"):
         rb.complete_recipe(no_judge)
-    with pytest.raises(ValueError, match="unknown dataset builder 'nope'; known: factuality, rl_hard"):
+    with pytest.raises(ValueError, match="unknown dataset builder 'nope'; known: factuality, geo, rl_hard"):
         get_builder("nope")
     assert get_builder("rl_hard") is rb
 
