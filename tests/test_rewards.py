@@ -129,3 +129,26 @@ def test_group_rule_holds_across_two_processes(tmp_path):
     assert by_len[3]["fact_caution"] == [0.5, 0.0, 1.0]
     assert by_len[2]["fact_caution"] == [1.0, 0.0]
     assert by_len[3]["caution"] == [0.0, 0.0, 1.0]
+
+
+def test_rewards_log_their_wall_time_and_keep_name_and_kind():
+    import asyncio
+    import inspect
+
+    from train.rewards import timed
+
+    async def slow_judge(completions, **_):
+        await asyncio.sleep(0.05)
+        return [1.0] * len(completions)
+
+    def rule(completions, **_):
+        return [0.0] * len(completions)
+
+    logged = {}
+    a, r = timed(slow_judge), timed(rule)
+    assert (a.__name__, r.__name__) == ("slow_judge", "rule")  # TRL logs rewards/{name}/mean
+    assert inspect.iscoroutinefunction(a) and not inspect.iscoroutinefunction(r)  # TRL gathers async ones
+    assert asyncio.run(a(["x", "y"], log_metric=logged.__setitem__)) == [1.0, 1.0]
+    assert r(["x"], log_metric=logged.__setitem__) == [0.0]
+    assert logged["reward_seconds/slow_judge"] >= 0.05 and 0 <= logged["reward_seconds/rule"] < 0.05
+    assert r(["x"]) == [0.0]  # called without TRL's log_metric: nothing to log, no error

@@ -298,3 +298,6 @@ def test_judge_rewards_run_publishing_step_cards(tmp_path, tiny_model_dir, hub, 
     assert "single `<answer>...</answer>` block" in card.text
     history = json.loads(open(hf_hub_download(repo_name, "trainer_state.json", revision="step-2")).read())
     assert any("rewards/format/mean" in h for h in history["log_history"])
+    # what each reward cost, per step, next to the step's time
+    timed = [h for h in history["log_history"] if "reward_seconds/rubric" in h]
+    assert timed and all(h["reward_seconds/rubric"] > 0 and "step_time" in h for h in timed)

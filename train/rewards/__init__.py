@@ -2,11 +2,15 @@
 
 Each name maps to a factory taking the script arguments, so a reward that needs configuration (a
 judge endpoint, a weight of its own) is built from the recipe; the function it returns keeps the
-name, which is what TRL's logs (`rewards/{name}/mean`) and the cards show.
+name, which is what TRL's logs (`rewards/{name}/mean`) and the cards show. Each also logs its wall
+time per step as `reward_seconds/{name}`, to set against TRL's `step_time`.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+import time
 from typing import Callable
 
 from train.rewards.factuality import boxed_format, caution, fact, fact_caution, staged
@@ -95,6 +99,36 @@ def parse_schedule(text: str) -> list[dict]:
     return stages
 
 
+def timed(reward: RewardFn) -> RewardFn:
+    """`reward`, logging its wall time per call as `reward_seconds/{name}` through TRL's `log_metric`
+    (averaged per logged step), so a run shows what its rewards cost: TRL runs sync rewards one after
+    another and gathers the async ones, so the reward phase takes about the sync times plus the
+    longest async one."""
+    name = reward.__name__
+
+    def log(kwargs: dict, start: float) -> None:
+        if (log_metric := kwargs.get("log_metric")) is not None:
+            log_metric(f"reward_seconds/{name}", time.perf_counter() - start)
+
+    if inspect.iscoroutinefunction(reward):
+        @functools.wraps(reward)
+        async def timed_reward(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return await reward(*args, **kwargs)
+            finally:
+                log(kwargs, start)
+    else:
+        @functools.wraps(reward)
+        def timed_reward(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return reward(*args, **kwargs)
+            finally:
+                log(kwargs, start)
+    return timed_reward
+
+
 def get_reward_funcs(script_args) -> list[RewardFn]:
     """The recipe's rewards: `reward_funcs` (summed with TRL's `reward_weights`), or `reward_schedule`
     (one after another, e.g. 'fact:100,caution')."""
@@ -102,7 +136,8 @@ def get_reward_funcs(script_args) -> list[RewardFn]:
     if schedule:
         if names:
             raise ValueError("set either reward_funcs or reward_schedule in the recipe, not both")
-        return [staged([(get_reward(s["reward"], script_args), s["until_step"]) for s in parse_schedule(schedule)])]
+        return [timed(staged([(get_reward(s["reward"], script_args), s["until_step"])
+                              for s in parse_schedule(schedule)]))]
     if not names:
         raise ValueError("the recipe names no reward: set reward_funcs (e.g. [fact_caution])")
-    return [get_reward(n, script_args) for n in names]
+    return [timed(get_reward(n, script_args)) for n in names]
