@@ -31,8 +31,10 @@ def rows(tag: str, n: int) -> list[dict]:
 
 
 async def timed(judge: Judge, batch: list[dict], *, serial: bool = False) -> float:
-    """Calls/s over `batch` (after one warm-up call that opens the connections)."""
-    await judge.score("rubric_score", **rows("warm-up", 1)[0])
+    """Calls/s over `batch`, after a warm-up that opens every connection the run will use (one round of
+    as many calls as the judge keeps in flight), so connection setup is not counted as throughput."""
+    warm = 1 if serial else judge.concurrency * len(judge.base_urls)
+    await asyncio.gather(*(judge.score("rubric_score", **row) for row in rows(f"warm-up {serial}", warm)))
     wall = time.perf_counter()
     if serial:
         scores = [await judge.score("rubric_score", **row) for row in batch]
