@@ -61,13 +61,14 @@ def _build_dataset(args) -> int:
 def _demo(args) -> int:
     if bool(args.judge_model) != bool(args.judge_base_url):
         raise ValueError("--judge-model and --judge-base-url go together")
-    if args.task == "rl_hard":
-        from hubtools.demo.rl_hard import run
-        run(args.workdir, quick=args.quick, serve=args.serve, judge_model=args.judge_model,
-            judge_base_url=args.judge_base_url)
-    else:
+    if args.task == "factuality":
         from hubtools.demo.factuality import run
         run(args.workdir, model=args.model, quick=args.quick, serve=args.serve)
+    else:  # rl_hard, geo: a served judge
+        from importlib import import_module
+        import_module(f"hubtools.demo.{args.task}").run(args.workdir, quick=args.quick, serve=args.serve,
+                                                        judge_model=args.judge_model,
+                                                        judge_base_url=args.judge_base_url)
     return 0
 
 
@@ -175,15 +176,19 @@ def build_parser() -> argparse.ArgumentParser:
                     "SmolLM2-135M-Instruct, GRPO of SmolLM2 on it.\n"
                     "rl_hard: the refiner; the packaged SmolLM2 served with `transformers serve` as judge and "
                     "rubric writer, a tiny policy fine-tuned on bundled reference answers, the rubric dataset "
-                    "built with it, GRPO with rubric + citation + format rewards.",
+                    "built with it, GRPO with rubric + citation + format rewards.\n"
+                    "geo: GEO rewrites; the packaged SmolLM2 served with `transformers serve` as engine and "
+                    "key-point judge and used as rewriter, the GEO dataset built with it, SFT of SmolLM2, "
+                    "GRPO with the geo reward, eval of base, SFT and RL steps.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     demo.add_argument("task", nargs="?", default="factuality", choices=DEMOS, help="which loop (default factuality)")
     demo.add_argument("--workdir", help="where the hub, run and eval outputs go (default: a temp dir)")
     demo.add_argument("--model", default="smollm2", help="factuality: base model (default: the packaged SmolLM2)")
-    demo.add_argument("--judge-model", help="rl_hard: the judge's model name, as its server serves it")
+    demo.add_argument("--judge-model", help="rl_hard, geo: the judge's (geo: engine's) model name, as its server "
+                                            "serves it")
     demo.add_argument("--judge-base-url", action="append", metavar="URL",
-                      help="rl_hard: an OpenAI-compatible judge server (repeatable); default: serve the packaged "
-                           "SmolLM2 here")
+                      help="rl_hard, geo: an OpenAI-compatible judge (geo: engine) server (repeatable); default: "
+                           "serve the packaged SmolLM2 here")
     demo.add_argument("--quick", action="store_true", help="tiny sizes everywhere (a smoke test of the wiring)")
     demo.add_argument("--serve", action="store_true",
                       help="keep the local hub up at the end, so the printed links open in a browser (Ctrl-C stops)")

@@ -74,3 +74,44 @@ def test_rl_hard_demo_runs_the_whole_loop(tmp_path, served):
     assert {"step-1", "step-2", "latest", "main"} <= branches
     assert "demo/tiny-refiner-sft" in card and "step-2" in card and "rubric" in card  # base revision, rewards
     assert "format_valid" in card  # the eval's results, in the card's model-index
+
+
+def test_geo_demo_runs_the_whole_loop(tmp_path, served):
+    """GEO build → SFT → 2 GRPO step revisions with the geo reward → eval of base, SFT and both
+    steps into their cards → from_pretrained."""
+    base_url, engine_model = served
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_ENDPOINT", "HF_HUB_CACHE", "HF_TOKEN")}
+    out = subprocess.run([sys.executable, "-m", "hubtools.cli", "demo", "geo", "--quick", "--workdir", str(tmp_path),
+                          "--judge-model", engine_model, "--judge-base-url", base_url],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    stages = ("[1/7] local hub", "[2/7] engine and judge", "[3/7] dataset", "[4/7] SFT", "[5/7] GRPO", "[6/7] eval",
+              "[7/7] downstream")
+    assert all(s in out.stdout for s in stages), out.stdout[-3000:]
+    # the tiny engine cites nothing: no rewrite gains, the filter keeps none, and the demo says what it does instead
+    assert "SFT data: the filter kept no rewrite" in out.stdout and "on the rl split" in out.stdout
+    for row in ("| base instruct |", "| SFT-2 |", "| RL-1 |", "| RL-2 |"):
+        assert row in out.stdout
+    assert "what the figures mean: the engine cited none" in out.stdout and "not a GEO gain" in out.stdout
+    assert "/demo/smollm2-geo-grpo/tree/step-2" in out.stdout and "/datasets/demo/geo-rewrites" in out.stdout
+    assert "\nwall time: " in out.stdout
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert {"base instruct", "SFT-2", "RL-1", "RL-2"} <= set(results) and results["split"] == "test"
+    from huggingface_hub import HfApi, hf_hub_download
+    hub = HubProcess(tmp_path / "hub", free_port(), None).start()  # the demo's hub, served again
+    try:
+        api = HfApi(endpoint=hub.url)
+        branches = {b.name for b in api.list_repo_refs("demo/smollm2-geo-grpo").branches}
+        sft_branches = {b.name for b in api.list_repo_refs("demo/smollm2-geo-sft").branches}
+        splits = {f.split("/")[1] for f in api.list_repo_files("demo/geo-rewrites", repo_type="dataset")
+                  if f.startswith("data/")}
+        card, sft_card = (open(hf_hub_download(repo, "README.md", revision=rev, endpoint=hub.url,
+                                               cache_dir=tmp_path / "dl")).read()
+                          for repo, rev in (("demo/smollm2-geo-grpo", "step-2"), ("demo/smollm2-geo-sft", "step-2")))
+    finally:
+        hub.kill()
+    assert {"step-1", "step-2", "latest", "main"} <= branches and {"step-2", "main"} <= sft_branches
+    assert not any(s.startswith("train") for s in splits) and any(s.startswith("rl") for s in splits)
+    assert "demo/smollm2-geo-sft" in card and "at revision `step-2`" in card and "`geo`" in card  # base revision, reward
+    for c in (card, sft_card):  # the eval's results, in each card's model-index
+        assert "word_position_after" in c and "engine:" in c

@@ -1,12 +1,16 @@
 """What every demo shares: a local hub in its work folder, numbered stage lines with elapsed time,
-and the closing links to what it published."""
+training scripts launched as a user launches them, and the closing links to what it published."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Stages:
@@ -40,6 +44,14 @@ def local_hub(work: Path) -> str:
     os.environ.setdefault("HF_HUB_CACHE", str(work / "hf-cache"))
     print(f"hub: {endpoint} (data in {work / 'hub'})")
     return endpoint
+
+
+def launch(script: str, recipe: Path, *flags: str) -> None:
+    """`accelerate launch` a training script (train/`script`) with `recipe` and `flags` on this CPU, as a
+    user would (train/accelerate/cpu.yaml)."""
+    subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                    str(ROOT / "train" / "accelerate" / "cpu.yaml"), str(ROOT / "train" / script),
+                    "--config", str(recipe), *flags], check=True, cwd=ROOT)
 
 
 def finish(endpoint: str, work: Path, dataset_repo: str, model_repos: dict[str, list[str]], extra: list[str],

@@ -19,13 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-from hubtools.demo.common import Stages, finish, local_hub, workdir
+from hubtools.demo.common import ROOT, Stages, finish, launch, local_hub, workdir
 
-ROOT = Path(__file__).resolve().parents[2]
 SFT_REPO = "demo/tiny-refiner-sft"
 DATASET_REPO = "demo/refiner-rl-hard"
 MODEL_REPO = "demo/tiny-refiner-grpo"
@@ -39,13 +36,6 @@ def small_policy(out: Path, texts: list[str]) -> Path:
     from hubtools.tiny_model import build_tiny_model
     return build_tiny_model(out, hidden_size=128, layers=4, corpus=tuple(texts), vocab_size=4096,
                             max_positions=2048)
-
-
-def launch(script: str, recipe: Path, *flags: str) -> None:
-    """`accelerate launch` one of the training scripts on this CPU (as a user would)."""
-    subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                    str(ROOT / "train" / "accelerate" / "cpu.yaml"), str(ROOT / "train" / script),
-                    "--config", str(recipe), *flags], check=True, cwd=ROOT)
 
 
 def run(path: str | None = None, quick: bool = False, serve: bool = False, judge_model: str | None = None,
@@ -122,7 +112,7 @@ def run(path: str | None = None, quick: bool = False, serve: bool = False, judge
         stage(f"eval on the held-out rows: the SFT model, {', '.join(revisions)} (results into their cards)")
         from hubtools.judge import Judge
         judge = Judge(judge_model, judge_base_url, concurrency=2, max_tokens=8, cache_dir=work / "judge-cache")
-        ev = dict(split="test", k=1, max_new_tokens=length, generator={"backend": "transformers"})
+        ev = dict(split="test", k=1 if quick else 4, max_new_tokens=length, generator={"backend": "transformers"})
         results = {f"SFT ({sft_revision})": rl_eval.evaluate_revisions(
             SFT_REPO, [sft_revision], DATASET_REPO, judge, write_cards=False, output_dir=str(work / "eval" / "sft"),
             **ev)[sft_revision]}
