@@ -119,8 +119,7 @@ def test_loss_is_on_the_completion_only(tiny_model_dir, sft_data, tmp_path):
     from train import common, sft
     args = parse_sft(["--config", "train/recipes/rl_hard_sft.yaml", "--model_name_or_path", str(tiny_model_dir),
                       "--dataset_name", str(sft_data), "--output_dir", str(tmp_path / "run"), *SFT_ARGS])
-    common.setup(*args)
-    trainer, data = sft.build_trainer(*args)
+    trainer, data = sft.build_trainer(*args, common.setup(*args))
     assert data == {"rows": 4, "no_target": 1, "too_long": 1}
     batch = next(iter(trainer.get_train_dataloader()))
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -183,6 +182,26 @@ def test_grpo_starts_from_a_published_sft_revision(sft_run, tiny_model_dir, sft_
     def distance(a: str, b: str) -> float:
         return max((weights[a][k] - weights[b][k]).abs().max().item() for k in weights[a])
     assert distance("grpo", "sft") * 10 < distance("grpo", "main")  # one GRPO step at lr 1e-6 from step-2
+
+
+def test_grpo_starts_from_a_merged_revision_of_a_lora_run(hub, tiny_model_dir, sft_data, tmp_path, repo_name):
+    """A LoRA run's `main` holds adapters and no config; GRPO from its `step-N-merged` loads that
+    revision's config and weights (TRL alone reads the config from `main` and fails)."""
+    api = HfApi()
+    base = f"{repo_name}-lora"
+    api.create_repo(base)
+    (tmp_path / "adapters").mkdir()
+    (tmp_path / "adapters" / "adapter_config.json").write_text('{"peft_type": "LORA"}')
+    api.upload_folder(repo_id=base, folder_path=str(tmp_path / "adapters"), commit_message="adapters only")
+    api.create_branch(base, branch="step-2-merged")  # as the publisher writes it: merged weights only
+    api.upload_folder(repo_id=base, folder_path=str(tiny_model_dir), revision="step-2-merged",
+                      delete_patterns=["adapter_config.json"])
+    launch("train/grpo.py", "--config", "train/recipes/factuality.yaml", "--model_name_or_path", base,
+           "--model_revision", "step-2-merged", "--dataset_name", str(sft_data), "--task", "rl_hard",
+           "--reward_funcs", "format", "--output_dir", str(tmp_path / "grpo"), "--publish_repo", repo_name,
+           "--max_steps", "1", "--save_steps", "1", "--max_completion_length", "8")
+    text = open(hf_hub_download(repo_name, "README.md", revision="step-1")).read()
+    assert f"[`{base}`](https://huggingface.co/{base}/tree/step-2-merged) at revision `step-2-merged`" in text
 
 
 def test_refiner_sft_recipe_card(tmp_path, monkeypatch):

@@ -49,10 +49,13 @@ class TrainScriptArguments:
 # ---------------------------------------------------------------------------------------- setup
 
 
-def setup(script_args, training_args, model_args) -> None:
+def setup(script_args, training_args, model_args) -> str:
     """Logging; the packaged model's folder for `smollm2`; `model_revision` into the trainer's model
     loading (TRL reads the revision from `model_init_kwargs` only, for the model and its tokenizer);
-    `--resume_from_checkpoint REPO@REV` downloaded once, the other ranks waiting."""
+    `--resume_from_checkpoint REPO@REV` downloaded once, the other ranks waiting. Returns what the
+    trainer loads: the model's name, or for a Hub revision that revision's files, downloaded once —
+    TRL 1.16 infers the architecture from the config on the default branch whatever the revision,
+    and `main` of a LoRA run holds adapters, no config."""
     from accelerate import PartialState
 
     from hubtools.models import resolve_model
@@ -69,6 +72,10 @@ def setup(script_args, training_args, model_args) -> None:
     with PartialState().main_process_first():  # one download, then the other ranks find it
         training_args.resume_from_checkpoint = resolve_resume(training_args.resume_from_checkpoint,
                                                               training_args.output_dir)
+        if revision := base_revision(model_args):
+            from huggingface_hub import snapshot_download
+            return snapshot_download(model_args.model_name_or_path, revision=revision)
+    return model_args.model_name_or_path
 
 
 def peft_config(model_args):

@@ -108,12 +108,12 @@ def main(argv: list[str] | None = None) -> dict:
     script_args, training_args, model_args = parser.parse_args_and_config(argv)
     reward_funcs = get_reward_funcs(script_args)  # a bad reward or judge setting fails before any download
     reward_names = [f.__name__ for f in reward_funcs]
-    common.setup(script_args, training_args, model_args)
+    model_path = common.setup(script_args, training_args, model_args)
 
     dataset = common.load_train_dataset(script_args)
     dataset, dropped = common.drop_long_rows(dataset, model_args.model_name_or_path, model_args.model_revision,
                                              script_args.max_prompt_length, flag="max_prompt_length")
-    trainer = GRPOTrainer(model=model_args.model_name_or_path, reward_funcs=reward_funcs, args=training_args,
+    trainer = GRPOTrainer(model=model_path, reward_funcs=reward_funcs, args=training_args,
                           train_dataset=dataset, peft_config=common.peft_config(model_args))
     return common.train_and_publish(
         trainer, script_args, training_args, model_args, metric="reward",

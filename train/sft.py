@@ -100,8 +100,9 @@ def build_card_info(script_args, training_args, model_args, world_size: int, arg
     }
 
 
-def build_trainer(script_args, training_args, model_args):
-    """(SFTTrainer, card facts of the data: rows, no_target, too_long) for parsed and set-up arguments."""
+def build_trainer(script_args, training_args, model_args, model_path: str):
+    """(SFTTrainer, card facts of the data: rows, no_target, too_long) for parsed and set-up arguments;
+    `model_path` is what `common.setup` returned."""
     from trl import SFTTrainer
     dataset = common.load_train_dataset(script_args)
     dataset, no_target = prompt_completion(dataset, script_args.completion_column)
@@ -110,7 +111,7 @@ def build_trainer(script_args, training_args, model_args):
     if not len(dataset):
         raise ValueError(f"no training rows left in {script_args.dataset_name} ({script_args.dataset_train_split}): "
                          f"{no_target} without a target, {too_long} over max_length={training_args.max_length}")
-    trainer = SFTTrainer(model=model_args.model_name_or_path, args=training_args, train_dataset=dataset,
+    trainer = SFTTrainer(model=model_path, args=training_args, train_dataset=dataset,
                          peft_config=common.peft_config(model_args))
     return trainer, {"rows": len(dataset), "no_target": no_target, "too_long": too_long}
 
@@ -122,8 +123,8 @@ def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     parser = TrlParser((ScriptArguments, SFTConfig, ModelConfig))
     script_args, training_args, model_args = parser.parse_args_and_config(argv)
-    common.setup(script_args, training_args, model_args)
-    trainer, data = build_trainer(script_args, training_args, model_args)
+    model_path = common.setup(script_args, training_args, model_args)
+    trainer, data = build_trainer(script_args, training_args, model_args, model_path)
     return common.train_and_publish(
         trainer, script_args, training_args, model_args, metric="loss",
         card_info=lambda world: build_card_info(script_args, trainer.args, model_args, world, argv, **data))
