@@ -155,7 +155,7 @@ def override_generator(recipe: dict, *, model: str | None = None, backend: str |
 # -- served models --------------------------------------------------------------------------
 # A recipe block naming a served model (a judge, an engine, a writer): its defaults, checks and client.
 SERVED_DEFAULTS = {"model": None, "base_url": None, "api_key_env": None, "concurrency": 16, "max_tokens": 512,
-                   "timeout": 120, "cache_dir": None}
+                   "timeout": 120, "cache_dir": None, "processes": 1}
 
 
 def check_served(r: dict, key: str) -> None:
@@ -170,6 +170,8 @@ def check_served(r: dict, key: str) -> None:
     require(is_int(block["concurrency"]) and block["concurrency"] >= 1, f"{key}.concurrency must be >= 1")
     require(is_int(block["max_tokens"]) and block["max_tokens"] >= 1, f"{key}.max_tokens must be >= 1")
     require(is_num(block["timeout"]) and block["timeout"] > 0, f"{key}.timeout must be > 0 (seconds)")
+    require(is_int(block["processes"]) and 1 <= block["processes"] <= block["concurrency"],
+            f"{key}.processes must be between 1 and {key}.concurrency (client processes)")
 
 
 def make_judge(recipe: dict, key: str):
@@ -185,7 +187,7 @@ def make_judge(recipe: dict, key: str):
         raise ValueError(f"{key}.api_key_env: environment variable {block['api_key_env']} is not set")
     return Judge(resolve_model(block["model"]), block["base_url"], api_key=api_key,
                  concurrency=block["concurrency"], max_tokens=block["max_tokens"], timeout=block["timeout"],
-                 cache_dir=block["cache_dir"])
+                 cache_dir=block["cache_dir"], processes=block["processes"])
 
 
 # -- sources --------------------------------------------------------------------------------

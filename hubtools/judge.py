@@ -29,10 +29,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import json
 import logging
 import math
 import re
+import threading
 import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -128,15 +130,22 @@ class Judge:
       judge), `extra_body` sent as is (e.g. {"chat_template_kwargs": {"enable_thinking": False}}).
     - Event loops: clients are made per running loop (a connection pool belongs to one loop), so one
       Judge serves TRL's reward loop and the sync helpers alike; `aclose()` closes the running loop's.
+    - `processes`: HTTP clients in that many worker processes (each a Judge of its own with its share of
+      `concurrency`), for when the client's CPU, not the servers, limits throughput: one event loop
+      spends about 1-3 ms of CPU per call in the HTTP stack (bench/judge.py), so it tops out at a few
+      hundred calls/s however many servers there are. Rendering, the cache, parsing and the counters
+      stay in this process. Default 1: requests go out from the calling loop.
     - `api_key` is only handed to the client: never logged, cached or shown in the repr.
     """
 
     def __init__(self, model: str, base_urls: str | Sequence[str], *, api_key: str | None = None,
                  concurrency: int = 16, max_retries: int = 5, timeout: float = 120,
                  cache_dir: str | Path | None = None, temperature: float = 0.0, max_tokens: int = 512,
-                 extra_body: dict | None = None):
+                 extra_body: dict | None = None, processes: int = 1):
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        if not 1 <= processes <= concurrency:
+            raise ValueError(f"processes must be between 1 and concurrency ({concurrency}), got {processes}")
         self.base_urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
         if not self.base_urls or not all(isinstance(u, str) and u for u in self.base_urls):
             raise ValueError(f"base_urls: expected a URL or a non-empty list of URLs, got {base_urls!r}")
@@ -146,6 +155,7 @@ class Judge:
         self.cache = DiskCache(cache_dir) if cache_dir is not None else None
         self._counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
         self._servers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loop -> Balancer
+        self.processes, self._workers = processes, None
 
     def __repr__(self) -> str:
         return f"Judge(model={self.model!r}, base_urls={self.base_urls!r})"
@@ -175,6 +185,12 @@ class Judge:
         metric = metric or template
         reply = await self._ask(render(template, **variables), metric)
         return None if reply is None else self._parsed(parse_label, reply, labels, metric)
+
+    def close(self) -> None:
+        """Stop the client processes (`processes` > 1); a later call starts new ones."""
+        if self._workers is not None:
+            self._workers.close()
+            self._workers = None
 
     async def aclose(self) -> None:
         """Close the clients of the running event loop (the next call makes new ones)."""
@@ -229,8 +245,6 @@ class Judge:
         return self._servers[loop]
 
     async def _ask(self, prompt: str, metric: str) -> str | None:
-        import openai
-
         counts = self._counts[metric]
         counts["calls"] += 1
         messages = [{"role": "user", "content": prompt}]
@@ -238,20 +252,43 @@ class Judge:
         if self.cache and (hit := self.cache.get(key)) is not None:
             counts["cache_hits"] += 1
             return hit["text"]
-        async with self._balancer().client() as client:
-            try:
-                text = await self._request(client, messages)
-            except openai.APIError as e:
-                if isinstance(e, openai.APIStatusError) and e.status_code < 500 and e.status_code not in _TRANSIENT:
-                    raise RuntimeError(f"{client.base_url}: the request to judge model {self.model!r} was refused "
-                                       f"(check the model name, API key and the judge's context length): {e}") from e
-                counts["errors"] += 1
-                self._log(counts["errors"], "judge %s: call to %s failed (error #%d): %s",
-                          metric, client.base_url, counts["errors"], e)
-                return None
+        if self.processes > 1:
+            if self._workers is None:
+                self._workers = _Workers(self._worker_settings())
+                weakref.finalize(self, self._workers.close)
+            status, text = await self._workers.call(messages)
+        else:
+            status, text = await self._call(messages)
+        if status == "refused":
+            raise RuntimeError(f"the request to judge model {self.model!r} was refused (check the model name, API "
+                               f"key and the judge's context length): {text}")
+        if status == "error":
+            counts["errors"] += 1
+            self._log(counts["errors"], "judge %s: call failed (error #%d): %s", metric, counts["errors"], text)
+            return None
         if self.cache:  # creating a file takes ~0.5 ms on some disks: keep it off the event loop
             await asyncio.to_thread(self.cache.put, key, {"model": self.model, "text": text})
         return text
+
+    async def _call(self, messages: list[dict]) -> tuple[str, str]:
+        """One request from this process, classified: ("ok", reply), ("refused", why) for a 4xx that
+        retrying cannot fix, or ("error", why) once the client's retries are spent."""
+        import openai
+
+        async with self._balancer().client() as client:
+            try:
+                return "ok", await self._request(client, messages)
+            except openai.APIError as e:
+                refused = (isinstance(e, openai.APIStatusError) and e.status_code < 500
+                           and e.status_code not in _TRANSIENT)
+                return ("refused" if refused else "error"), f"{client.base_url}: {e}"
+
+    def _worker_settings(self) -> list[dict]:
+        """Judge arguments of each worker process: the same servers, `concurrency` split among them."""
+        share, extra = divmod(self.concurrency, self.processes)
+        return [{"model": self.model, "base_urls": self.base_urls, "api_key": self._api_key,
+                 "concurrency": share + (i < extra), "max_retries": self.max_retries, "timeout": self.timeout,
+                 **self.params} for i in range(self.processes)]
 
     async def _request(self, client, messages: list[dict]) -> str:
         """One chat-completions request; the first choice's text.
@@ -282,3 +319,136 @@ class Judge:
     @staticmethod
     def _log(nth: int, msg: str, *args) -> None:
         log.log(logging.WARNING if nth <= _WARN_FIRST else logging.DEBUG, msg, *args)
+
+
+class _Workers:
+    """Judge client processes (`Judge(processes=N)`): requests go to the one with the fewest in flight
+    over a pipe; a reader thread per pipe hands each reply to the event loop that asked. A process that
+    dies fails its requests as errors (counted, None), never hangs them."""
+
+    def __init__(self, settings: list[dict]):
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")  # no fork of a process holding CUDA or threads
+        self.conns, self.replies, self.procs = [], [], []  # one-way pipes: requests out, replies in
+        for kwargs in settings:
+            request_in, request_out = ctx.Pipe(duplex=False)
+            reply_in, reply_out = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=_worker_main, args=(request_in, reply_out, kwargs), daemon=True,
+                               name="hubtools-judge")
+            proc.start()
+            request_in.close()
+            reply_out.close()
+            self.conns.append(request_out)
+            self.replies.append(reply_in)
+            self.procs.append(proc)
+        self.busy = [0] * len(settings)
+        self.send_locks = [threading.Lock() for _ in settings]
+        self.pending: dict[int, tuple] = {}  # request id -> (loop, future, worker)
+        self.lock, self.ids, self.closed = threading.Lock(), itertools.count(), False
+        for i in range(len(settings)):
+            threading.Thread(target=self._read, args=(i,), daemon=True, name="hubtools-judge-reader").start()
+
+    async def call(self, messages: list[dict]) -> tuple[str, str]:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        i = min(range(len(self.conns)), key=self.busy.__getitem__)
+        rid = next(self.ids)
+        with self.lock:
+            self.pending[rid] = (loop, future, i)
+        self.busy[i] += 1
+        try:
+            try:
+                with self.send_locks[i]:
+                    self.conns[i].send((rid, messages))
+            except (OSError, ValueError) as e:  # the process is gone
+                with self.lock:
+                    self.pending.pop(rid, None)
+                return "error", f"judge client process {i} is gone: {e}"
+            return await future
+        finally:
+            self.busy[i] -= 1
+
+    def _read(self, i: int) -> None:
+        while True:
+            try:
+                rid, status, text = self.replies[i].recv()
+            except (EOFError, OSError):
+                break
+            with self.lock:
+                entry = self.pending.pop(rid, None)
+            if entry:
+                _hand_back(entry, (status, text))
+        with self.lock:  # the process ended: fail what it still held
+            lost = [rid for rid, (_, _, w) in self.pending.items() if w == i]
+            entries = [self.pending.pop(rid) for rid in lost]
+        for entry in entries:
+            _hand_back(entry, ("error", f"judge client process {i} exited"))
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for conn, lock in zip(self.conns, self.send_locks):
+            try:
+                with lock:
+                    conn.send(None)
+            except (OSError, ValueError):
+                pass
+        for proc in self.procs:
+            proc.join(5)
+            if proc.is_alive():
+                proc.terminate()
+        for conn in self.conns + self.replies:
+            conn.close()
+
+
+def _hand_back(entry: tuple, value) -> None:
+    """Resolve a pending request's future on the loop that awaits it (from a reader thread)."""
+    loop, future, _ = entry
+
+    def resolve() -> None:
+        if not future.done():
+            future.set_result(value)
+    try:
+        loop.call_soon_threadsafe(resolve)
+    except RuntimeError:  # that loop is closed: nobody is waiting any more
+        pass
+
+
+def _worker_main(requests, replies, kwargs: dict) -> None:
+    """A judge client process: requests from the pipe, each sent by a Judge of its own, replies back."""
+    judge = Judge(**kwargs)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        inbox: asyncio.Queue = asyncio.Queue()
+
+        def read() -> None:
+            while True:
+                try:
+                    message = requests.recv()
+                except (EOFError, OSError):
+                    message = None
+                loop.call_soon_threadsafe(inbox.put_nowait, message)
+                if message is None:
+                    return
+
+        threading.Thread(target=read, daemon=True).start()
+        tasks: set[asyncio.Task] = set()
+
+        async def one(rid: int, messages: list[dict]) -> None:
+            try:
+                status, text = await judge._call(messages)
+            except Exception as e:  # noqa: BLE001 — a bug here must come back as an error, not hang the caller
+                status, text = "error", f"{type(e).__name__}: {e}"
+            replies.send((rid, status, text))
+
+        while (message := await inbox.get()) is not None:
+            task = asyncio.create_task(one(*message))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        await asyncio.gather(*tasks)
+        await judge.aclose()
+
+    asyncio.run(main())

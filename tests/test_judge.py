@@ -1,11 +1,14 @@
 """The LLM judge: strict reply parsing on hand-written replies, prompt templates, and the client
 against a real `transformers serve` of the tiny random model (its gibberish is the parse-failure
-case). The only fake is tests/faults.py's proxy, for a 503 and a slow server."""
+case). The only fakes are tests/faults.py's proxy, for a 503 and a slow server, and a server that never
+answers, to kill client processes mid-request."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import socket
+import threading
 import time
 
 import jinja2
@@ -203,3 +206,70 @@ def test_refused_request_raises(served):
     with pytest.raises(RuntimeError, match="'no-such-model' was refused .* Error code: 400"):
         judge.score_many("rubric_score", ROWS[:1])
     assert judge.stats()["errors"] == 0
+
+
+class SilentServer:
+    """A judge that never answers (accepts connections, reads nothing, replies nothing): the one fault
+    a real server will not produce on demand. Counts the connections it holds."""
+
+    def __init__(self):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                self.held.append(self.sock.accept()[0])
+            except OSError:
+                return
+
+    def close(self):
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+
+
+@pytest.mark.timeout(240)
+def test_client_processes_answer_count_and_fail_cleanly(served, tmp_path):
+    """Judge(processes=2): requests leave from two client processes, with the same cache, counters and
+    refusal rule as in-process calls; a client process that dies fails its requests as counted errors
+    at once instead of leaving them hanging."""
+    base_url, model = served
+    other = base_url.replace("127.0.0.1", "localhost")
+    judge = Judge(model, [base_url, other], processes=2, concurrency=4, max_tokens=12, temperature=1.0,
+                  cache_dir=tmp_path)
+    rows = [{**ROWS[0], "rubric": f"criterion {i}"} for i in range(8)]
+    raw = replies(judge, rows)
+    assert all(r and r.strip() for r in raw)
+    assert judge.stats("raw") == {"calls": 8, "cache_hits": 0, "parse_failures": 0, "errors": 0}
+    assert len(judge._workers.procs) == 2 and all(p.is_alive() for p in judge._workers.procs)
+    assert judge.score_many("rubric_score", rows[:2]) == [None, None]  # gibberish, counted as unparsable
+    assert replies(judge, rows) == raw and judge.stats("raw")["cache_hits"] == 8  # this process's cache
+    judge.close()
+    assert judge._workers is None
+
+    refused = Judge("no-such-model", base_url, processes=2, max_retries=0)
+    with pytest.raises(RuntimeError, match="'no-such-model' was refused .* Error code: 400"):
+        refused.score_many("rubric_score", ROWS[:1])
+    refused.close()
+
+    silent = SilentServer()
+    try:
+        stuck = Judge(model, silent.url, processes=2, concurrency=2, max_retries=0, timeout=120)
+
+        async def kill_mid_request():
+            calls = asyncio.gather(*(stuck.complete("rubric_score", lo=0, hi=2, **row) for row in ROWS[:2]))
+            deadline = time.monotonic() + 60
+            while len(silent.held) < 2 and time.monotonic() < deadline:  # both requests are out
+                await asyncio.sleep(0.1)
+            for proc in stuck._workers.procs:
+                proc.kill()
+            return await asyncio.wait_for(calls, 30)
+
+        assert asyncio.run(kill_mid_request()) == [None, None]
+        assert stuck.stats()["errors"] == 2
+        stuck.close()
+    finally:
+        silent.close()

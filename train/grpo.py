@@ -41,6 +41,8 @@ class ScriptArguments(common.TrainScriptArguments):
     judge_cache_dir: str | None = field(default=None, metadata={"help": "on-disk cache of judge replies"})
     judge_max_tokens: int = field(default=512, metadata={
         "help": "tokens per judge reply (leave room for reasoning with a thinking judge)"})
+    judge_processes: int = field(default=1, metadata={
+        "help": "judge client processes: more when one process's HTTP client limits the calls/s (bench/judge.py)"})
     static_rubrics: list[str] = field(default_factory=lambda: ["Citation Discipline", "Off-Query Padding",
                                                                "Wrong-Entity Confabulation"],
                                       metadata={"help": "titles of the static rubric set added to every row's rubrics"})

@@ -56,6 +56,9 @@ def add_judge_arguments(parser, *, required: bool) -> None:
                         help="longest judge reply in tokens (default 512; leave room for a thinking judge's "
                              "reasoning, or its replies are cut and counted as unparsable)")
     parser.add_argument("--judge-cache-dir", help="on-disk cache of judge replies (a rerun asks only what is new)")
+    parser.add_argument("--judge-processes", type=int, default=1,
+                        help="judge client processes (default 1; more when one process's HTTP client is the limit, "
+                             "at a few hundred calls/s)")
 
 
 def make_judge(args, needed_by: str):
@@ -66,7 +69,7 @@ def make_judge(args, needed_by: str):
     if missing:
         raise ValueError(f"{needed_by} needs {' and '.join(missing)}")
     return Judge(args.judge_model, args.judge_base_url, concurrency=args.judge_concurrency,
-                 max_tokens=args.judge_max_tokens, cache_dir=args.judge_cache_dir)
+                 max_tokens=args.judge_max_tokens, cache_dir=args.judge_cache_dir, processes=args.judge_processes)
 
 
 def model_and_revisions(args) -> tuple[str, list[str]]:

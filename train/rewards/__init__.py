@@ -25,10 +25,11 @@ def _judge(args):
         raise ValueError("the judge-backed rewards (rubric, citation, geo, keypoint) need a judge: set judge_model "
                          "and judge_base_url (one or more OpenAI-compatible endpoints) in the recipe")
     key = (args.judge_model, tuple(args.judge_base_url), args.judge_concurrency, args.judge_cache_dir,
-           args.judge_max_tokens)
+           args.judge_max_tokens, args.judge_processes)
     if key not in _JUDGES:
         _JUDGES[key] = Judge(args.judge_model, list(args.judge_base_url), concurrency=args.judge_concurrency,
-                             cache_dir=args.judge_cache_dir, max_tokens=args.judge_max_tokens)
+                             cache_dir=args.judge_cache_dir, max_tokens=args.judge_max_tokens,
+                             processes=args.judge_processes)
     return _JUDGES[key]
 
 
