@@ -134,7 +134,9 @@ class Judge:
       `concurrency`), for when the client's CPU, not the servers, limits throughput: one event loop
       spends about 1-3 ms of CPU per call in the HTTP stack (bench/judge.py), so it tops out at a few
       hundred calls/s however many servers there are. Rendering, the cache, parsing and the counters
-      stay in this process. Default 1: requests go out from the calling loop.
+      stay in this process. Default 1: requests go out from the calling loop. The processes are
+      spawned (no fork of a process holding CUDA or threads), so a script of yours that uses them needs
+      the usual `if __name__ == "__main__":` guard.
     - `api_key` is only handed to the client: never logged, cached or shown in the repr.
     """
 
