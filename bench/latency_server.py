@@ -84,7 +84,11 @@ def latency_server(latency: float, *, rules: Sequence[tuple[str, str]] = (), def
         yield f"http://127.0.0.1:{port}/v1"
     finally:
         proc.terminate()
-        proc.wait(10)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 if __name__ == "__main__":

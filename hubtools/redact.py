@@ -1,7 +1,8 @@
 """Keep secrets out of cards, logs and reproduction commands: swap them for `<REDACTED>`.
 
 A name counts as secret when it contains `secret`, `password`/`passwd`, `api_key`/`apikey`, or ends
-in a `token` component (`HF_TOKEN`, `--hub-token`). Names merely mentioning tokens
+in a `token` component (`HF_TOKEN`, `--hub-token`). Credentials in a URL (`https://user:pass@host`,
+as a judge endpoint may carry them) are secret too. Names merely mentioning tokens
 (`max_token_length`) or tokenizer special tokens (`pad_token`, `eos_token`) are not secrets: a
 reproduction command must keep them.
 """
@@ -21,6 +22,7 @@ _ASSIGNMENT = re.compile(
 _BARE = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b|\bsk-[A-Za-z0-9_-]{16,}|(?<=\bBearer )[^\s\"'`]+",
                    re.IGNORECASE)
 _FLAG_NAME = re.compile(rf"--?{_SECRET_NAME}", re.IGNORECASE)
+_URL_CREDENTIALS = re.compile(r"(?<=://)[^\s/@\"'`]+@")
 
 
 def _assignment(m: re.Match) -> str:
@@ -32,8 +34,9 @@ def _assignment(m: re.Match) -> str:
 
 
 def redact(text: str) -> str:
-    """Replace secret values (HF tokens, `sk-` keys, secret flags/env vars/YAML keys, Bearer) in `text`."""
-    return _BARE.sub(PLACEHOLDER, _ASSIGNMENT.sub(_assignment, text))
+    """Replace secret values (HF tokens, `sk-` keys, secret flags/env vars/YAML keys, Bearer, URL
+    credentials) in `text`."""
+    return _URL_CREDENTIALS.sub(f"{PLACEHOLDER}@", _BARE.sub(PLACEHOLDER, _ASSIGNMENT.sub(_assignment, text)))
 
 
 def redact_argv(argv: list[str]) -> list[str]:

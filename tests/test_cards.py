@@ -153,12 +153,15 @@ def test_secrets_never_reach_the_card(seed_info):
     (f"see {FAKE_HF}.", "see <REDACTED>."),
     (f"key {FAKE_SK}", "key <REDACTED>"),
     ("--hub_token \\\n    abc", "--hub_token \\\n    <REDACTED>"),
+    ("--judge_base_url https://bob:s3cret@judge.example/v1", "--judge_base_url https://<REDACTED>@judge.example/v1"),
+    ("http://k3y@10.0.0.2:8000/v1", "http://<REDACTED>@10.0.0.2:8000/v1"),
     # not secrets: token lengths, tokenizer special tokens, env-var references, prose, boolean flags
     ("--max_prompt_token_length 6144 --pad_token <pad>", None),
     ("--hub_token $HF_TOKEN", None),
     ("the hub token is never logged", None),
     ("--use_auth_token --seed 42", None),
     ("hub_token:\nseed: 42", None),
+    ("--judge_base_url http://127.0.0.1:8000/v1 mail me@example.org", None),
 ])
 def test_redact(text, expected):
     assert redact(text) == (text if expected is None else expected)

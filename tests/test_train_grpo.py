@@ -301,3 +301,18 @@ def test_judge_rewards_run_publishing_step_cards(tmp_path, tiny_model_dir, hub, 
     # what each reward cost, per step, next to the step's time
     timed = [h for h in history["log_history"] if "reward_seconds/rubric" in h]
     assert timed and all(h["reward_seconds/rubric"] > 0 and "step_time" in h for h in timed)
+
+
+def test_no_row_left_stops_before_training(tmp_path, tiny_model_dir):
+    """Every prompt over max_prompt_length: an error naming the dataset and why, before any model loads."""
+    from datasets import Dataset, DatasetDict
+
+    from train.grpo import main
+    rows = [{"prompt": [{"role": "user", "content": "What is the capital of France? " * 20}], "answers": ["Paris"],
+             "answerable": True}] * 3
+    DatasetDict(train=Dataset.from_list(rows)).save_to_disk(str(tmp_path / "data"))
+    with pytest.raises(ValueError, match=r"no training rows left in .*data \(train\): 3 with prompts over "
+                                         r"max_prompt_length=16"):
+        main(["--config", "train/recipes/factuality.yaml", "--model_name_or_path", str(tiny_model_dir),
+              "--dataset_name", str(tmp_path / "data"), "--max_prompt_length", "16", "--use_cpu", "true",
+              "--bf16", "false", "--output_dir", str(tmp_path / "run")])

@@ -175,6 +175,13 @@ def hub_id(name: str) -> str | None:
     return None if os.path.isdir(name) or os.path.isabs(name) else name
 
 
+def require_rows(dataset, script_args, why: str) -> None:
+    """Stop before loading any model when filtering left no training row; `why` says what was left out."""
+    if not len(dataset):
+        raise ValueError(f"no training rows left in {script_args.dataset_name} ({script_args.dataset_train_split}): "
+                         f"{why}")
+
+
 def base_revision(model_args) -> str | None:
     """The base model's Hub revision when it is not `main` (e.g. `step-2` of an SFT run), else None."""
     if hub_id(model_args.model_name_or_path) and model_args.model_revision not in (None, "", "main"):

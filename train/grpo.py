@@ -115,6 +115,8 @@ def main(argv: list[str] | None = None) -> dict:
     dataset = common.load_train_dataset(script_args)
     dataset, dropped = common.drop_long_rows(dataset, model_args.model_name_or_path, model_args.model_revision,
                                              script_args.max_prompt_length, flag="max_prompt_length")
+    common.require_rows(dataset, script_args, f"{dropped} with prompts over max_prompt_length="
+                                              f"{script_args.max_prompt_length}")
     trainer = GRPOTrainer(model=model_path, reward_funcs=reward_funcs, args=training_args,
                           train_dataset=dataset, peft_config=common.peft_config(model_args))
     return common.train_and_publish(

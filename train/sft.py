@@ -108,9 +108,8 @@ def build_trainer(script_args, training_args, model_args, model_path: str):
     dataset, no_target = prompt_completion(dataset, script_args.completion_column)
     dataset, too_long = common.drop_long_rows(dataset, model_args.model_name_or_path, model_args.model_revision,
                                               training_args.max_length, flag="max_length", with_completion=True)
-    if not len(dataset):
-        raise ValueError(f"no training rows left in {script_args.dataset_name} ({script_args.dataset_train_split}): "
-                         f"{no_target} without a target, {too_long} over max_length={training_args.max_length}")
+    common.require_rows(dataset, script_args,
+                        f"{no_target} without a target, {too_long} over max_length={training_args.max_length}")
     trainer = SFTTrainer(model=model_path, args=training_args, train_dataset=dataset,
                          peft_config=common.peft_config(model_args))
     return trainer, {"rows": len(dataset), "no_target": no_target, "too_long": too_long}
