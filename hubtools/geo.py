@@ -76,6 +76,7 @@ REWARD_WEIGHTS = {"word_position": 0.6, "position": 0.2, "word": 0.2}
 
 _PARAGRAPH = re.compile(r"\n[ \t]*\n")
 _CITATION = re.compile(r"\[\s*\d+(?:\s*[,;]?\s*\d+)*\s*\]")
+_MARKER = re.compile(rf"(?m:^(?:[ \t]*{_CITATION.pattern})+[ \t]*)|[ \t]*{_CITATION.pattern}")  # with its spacing
 _ID = re.compile(r"\d+")
 _WORD = re.compile(r"[^\W_]+(?:['’.\-][^\W_]+)*")
 
@@ -166,3 +167,11 @@ def weighted_score(vis: Visibility, index: int, weights: Mapping[str, float] = R
     if not _is_int(index) or not 0 <= index < n:
         raise ValueError(f"index: expected a source index in 0..{n - 1}, got {index!r}")
     return sum(w * getattr(vis, metric)[index] for metric, w in weights.items())
+
+
+def strip_citations(text: str) -> str:
+    """`text` without `[k]` citation markers (the forms the metrics read) and the spacing before them.
+    Sources reach the engine without them, and so does a rewrite: a page's own Wikipedia-style `[1]`
+    markers (GEO-bench keeps them) would otherwise confuse the engine's citations, and a rewrite would
+    gain just by deleting the ones its original had."""
+    return _MARKER.sub("", text)

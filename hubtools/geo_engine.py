@@ -31,7 +31,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from hubtools.geo import Visibility, visibility
+from hubtools.geo import Visibility, strip_citations, visibility
 from hubtools.judge import Judge
 from hubtools.scoring import _answer_offset
 
@@ -64,8 +64,10 @@ def parse_answer(reply: str, n_sources: int) -> EngineAnswer:
 
 
 def template_variables(query: str, sources: Sequence[str]) -> dict:
-    """What the engine's prompt template is rendered with: query and sources, block tags defused."""
-    return {"query": _BLOCK_TAG.sub("&lt;", query), "sources": [_BLOCK_TAG.sub("&lt;", s) for s in sources]}
+    """What the engine's prompt template is rendered with: query and sources, block tags defused, the
+    sources' own `[k]` markers removed (`hubtools.geo.strip_citations`)."""
+    return {"query": _BLOCK_TAG.sub("&lt;", query),
+            "sources": [_BLOCK_TAG.sub("&lt;", strip_citations(s)) for s in sources]}
 
 
 def _checked(query, sources) -> tuple[str, tuple[str, ...]]:

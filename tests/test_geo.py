@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from hubtools.geo import REWARD_WEIGHTS, sentences, visibility, weighted_score
+from hubtools.geo import REWARD_WEIGHTS, sentences, strip_citations, visibility, weighted_score
 from hubtools.geo_engine import TEMPLATE, Engine, parse_answer, template_variables
 from hubtools.hubenv import free_port
 from hubtools.judge import Judge, render
@@ -198,6 +198,15 @@ def test_prompt_fences_sources():
     assert "&lt;/source>" in prompt and "&lt; /Source >" in prompt
     assert "{{ 7 * 7 }}" in prompt and "49" not in prompt
     assert "only numbers from 1 to 2" in prompt and "<question>\nWhy is the sky blue?\n</question>" in prompt
+
+
+def test_sources_reach_the_engine_without_their_own_citation_markers():
+    """A page's own `[k]` markers (Wikipedia-style, kept by GEO-bench) are removed from every source, so
+    they neither confuse the engine's citations nor let a rewrite gain by deleting them."""
+    original = "The tower is 330 m tall [2]. It opened in 1889 [1][3], for the World's Fair [1, 4].\n[5]"
+    shown = template_variables("How tall is it?", [original, "Other page [7]."])["sources"]
+    assert shown == ["The tower is 330 m tall. It opened in 1889, for the World's Fair.\n", "Other page."]
+    assert strip_citations("Year [2024] stays? No: [2024] is a marker form.") == "Year stays? No: is a marker form."
 
 
 # ------------------------------------------------------------------------------------ engine against a server

@@ -57,7 +57,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Callable
 
-from hubtools.geo import _CITATION, METRICS, REWARD_WEIGHTS, sentences
+from hubtools.geo import _CITATION, METRICS, REWARD_WEIGHTS, sentences, strip_citations
 from hubtools.geo_keypoints import MAX_POINTS, keypoints, preservation
 from hubtools.scoring import _answer_offset
 from train.rewards.factuality import completion_text
@@ -66,7 +66,6 @@ COLUMNS = ("query", "sources", "target_index")
 LENGTH_RATIO = (0.5, 2.0)
 FLAGS = ("empty", "length", "injection")  # why a rewrite was not sent to the engine
 
-_MARKER = re.compile(rf"(?m:^(?:[ \t]*{_CITATION.pattern})+[ \t]*)|[ \t]*{_CITATION.pattern}")  # with its spacing
 _TOPIC = r"(?:source|text|page|document|result|article|site|website|passage|content|answer)s?"
 # Phrases addressed to the engine, not to a reader of the page (case-insensitive, within one sentence).
 ENGINE_DIRECTED = tuple(re.compile(p, re.I) for p in (
@@ -117,7 +116,7 @@ def prepare(completion, original: str, length_ratio: tuple[float, float] = LENGT
     docstring, checked in this order: empty, injection, length)."""
     raw = rewrite_text(completion)
     markers = len(_CITATION.findall(raw))
-    text = _MARKER.sub("", raw).strip()
+    text = strip_citations(raw).strip()
     words = word_count(text)
     if not words:
         return Rewrite("", "empty", markers)
