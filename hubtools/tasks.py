@@ -110,8 +110,8 @@ GEO = Task(
                "sources (weights in the recipe); the think section is stripped and `[k]` markers removed before "
                "the engine sees the rewrite; an engine answer citing no source gives it 0, and so does a rewrite "
                "that is empty, outside the recipe's length bounds or addressed to the engine (not shown to it)",
-        "keypoint": "(supported − contradicted) / judged key points of the original source, each labelled against "
-                    "the rewrite by the LLM judge; an empty rewrite 0",
+        "keypoint": "(supported − contradicted) / key points of the original source, each labelled against "
+                    "the rewrite by the LLM judge; an empty rewrite 0; no value when a label did not parse",
     },
     eval_module="hubtools.eval.geo",
     tags=("geo",),

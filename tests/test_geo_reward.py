@@ -308,9 +308,10 @@ def test_keypoint_reward_is_support_minus_contradictions():
                    "The sky is blue.", "The sky is green, Rayleigh says.", "",
                    "The sky is blue; Rayleigh. unparsable"]
     rewards, metrics, extras = trl_call(reward, completions, **columns(5))
-    assert rewards == pytest.approx([1.0, 1 / 3, (1 - 2) / 3, 0.0, 2 / 2])  # repeats of a key point count once
+    assert rewards[:4] == pytest.approx([1.0, 1 / 3, (1 - 2) / 3, 0.0])  # repeats of a key point count once
+    assert rewards[4] is None  # one label unparsable: no verdict, rather than paying the points judged
     assert extras["keypoint_support"] == pytest.approx([1.0, 1 / 3, 1 / 3, None, 1.0])
-    assert metrics["keypoint/unjudged"] == [1.0]  # the unparsable label: left out, never a verdict
+    assert metrics["keypoint/unjudged"] == [1.0]  # the unparsable label: counted, never a verdict
     assert judge.stats("geo_keypoints")["calls"] == 1  # the original's key points listed once
     trl_call(reward, completions[:1], **columns(1))
     assert judge.stats("geo_keypoints")["calls"] == 1  # and kept for the next step

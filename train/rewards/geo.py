@@ -13,9 +13,12 @@ position}: that source's shares of the engine's answer over the original sources
   the recipe's `geo_weights`, default word_position 0.6, position 0.2, word 0.2). Before: the row's
   `original_visibility`, else the engine's answer over the original sources, asked in the same gather
   and kept for the process (the judge's disk cache keeps it across runs).
-* `keypoint` (`make_keypoint_reward`): (supported − contradicted) / judged key points of the original
-  source, each labelled against the rewrite by the judge (`hubtools.geo_keypoints`); the original's key
-  points are listed once per source text. In [−1, 1]; an empty rewrite 0 without asking.
+* `keypoint` (`make_keypoint_reward`): (supported − contradicted) / key points of the original source,
+  each labelled against the rewrite by the judge (`hubtools.geo_keypoints`); the original's key points
+  are listed once per source text. In [−1, 1]; an empty rewrite 0 without asking; None when any label
+  did not parse (as the builder's filter: an unjudged point could hide a contradiction, and leaving it
+  out would pay a rewrite that keeps one point and garbles the judge on the rest). It checks one way:
+  what the rewrite adds (an invented statistic) is the eval's support of the rewrite's own key points.
 
 What the hacks get (each pinned in tests/test_geo_reward.py):
 
@@ -317,7 +320,9 @@ def make_keypoint_reward(judge, *, max_points: int = MAX_POINTS) -> Callable:
         if points is None:
             return None, None
         kept = await preservation(judge, points, rewrite)
-        return (None if not kept.judged else (kept.supported - kept.contradicted) / kept.judged), kept
+        if kept.judged < kept.asked or not kept.asked:
+            return None, kept
+        return (kept.supported - kept.contradicted) / kept.asked, kept
 
     async def keypoint(completions, sources=None, target_index=None, log_metric=None, log_extra=None,
                        **_) -> list[float | None]:
