@@ -185,8 +185,9 @@ def test_grpo_starts_from_a_published_sft_revision(sft_run, tiny_model_dir, sft_
 
 
 def test_grpo_starts_from_a_merged_revision_of_a_lora_run(hub, tiny_model_dir, sft_data, tmp_path, repo_name):
-    """A LoRA run's `main` holds adapters and no config; GRPO from its `step-N-merged` loads that
-    revision's config and weights (TRL alone reads the config from `main` and fails)."""
+    """A LoRA run's `main` holds adapters and no config; GRPO (LoRA again) from its `step-N-merged` loads
+    that revision's config and weights (TRL alone reads the config from `main` and fails), and its
+    adapters name the Hub repo and revision as their base, not the folder it was downloaded to."""
     api = HfApi()
     base = f"{repo_name}-lora"
     api.create_repo(base)
@@ -199,9 +200,12 @@ def test_grpo_starts_from_a_merged_revision_of_a_lora_run(hub, tiny_model_dir, s
     launch("train/grpo.py", "--config", "train/recipes/factuality.yaml", "--model_name_or_path", base,
            "--model_revision", "step-2-merged", "--dataset_name", str(sft_data), "--task", "rl_hard",
            "--reward_funcs", "format", "--output_dir", str(tmp_path / "grpo"), "--publish_repo", repo_name,
-           "--max_steps", "1", "--save_steps", "1", "--max_completion_length", "8")
+           "--max_steps", "1", "--save_steps", "1", "--max_completion_length", "8", "--use_peft", "true",
+           "--lora_r", "4")
     text = open(hf_hub_download(repo_name, "README.md", revision="step-1")).read()
     assert f"[`{base}`](https://huggingface.co/{base}/tree/step-2-merged) at revision `step-2-merged`" in text
+    adapter = json.loads(open(hf_hub_download(repo_name, "adapter_config.json", revision="step-1")).read())
+    assert (adapter["base_model_name_or_path"], adapter["revision"]) == (base, "step-2-merged")
 
 
 def test_refiner_sft_recipe_card(tmp_path, monkeypatch):

@@ -175,6 +175,15 @@ def hub_id(name: str) -> str | None:
     return None if os.path.isdir(name) or os.path.isabs(name) else name
 
 
+def name_the_base(trainer, model_args, model_path: str) -> None:
+    """LoRA adapters record the base model they train on, and when `setup` handed the trainer a downloaded
+    revision that is a folder of this machine: record the Hub id instead (the revision is recorded by
+    `peft_config`), so the published adapters load anywhere."""
+    if model_path != model_args.model_name_or_path:
+        for config in getattr(trainer.model, "peft_config", {}).values():
+            config.base_model_name_or_path = model_args.model_name_or_path
+
+
 def require_rows(dataset, script_args, why: str) -> None:
     """Stop before loading any model when filtering left no training row; `why` says what was left out."""
     if not len(dataset):

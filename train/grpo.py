@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
                                               f"{script_args.max_prompt_length}")
     trainer = GRPOTrainer(model=model_path, reward_funcs=reward_funcs, args=training_args,
                           train_dataset=dataset, peft_config=common.peft_config(model_args))
+    common.name_the_base(trainer, model_args, model_path)
     return common.train_and_publish(
         trainer, script_args, training_args, model_args, metric="reward",
         card_info=lambda world: build_card_info(script_args, trainer.args, model_args, reward_names, world, argv,

@@ -112,6 +112,7 @@ def build_trainer(script_args, training_args, model_args, model_path: str):
                         f"{no_target} without a target, {too_long} over max_length={training_args.max_length}")
     trainer = SFTTrainer(model=model_path, args=training_args, train_dataset=dataset,
                          peft_config=common.peft_config(model_args))
+    common.name_the_base(trainer, model_args, model_path)
     return trainer, {"rows": len(dataset), "no_target": no_target, "too_long": too_long}
 
 
