@@ -295,14 +295,9 @@ def sample_k(generator, prompts: list[list[dict]], recipe: dict, desc: str) -> l
     return outputs
 
 
-def model_label(model: str) -> str:
-    """A model as a card names it: the packaged SmolLM2 by its Hub id, not by a local cache path."""
-    from hubtools.models import SMOLLM2, SMOLLM2_REPO
-    return f"{SMOLLM2_REPO} (packaged GGUF)" if Path(model).name == SMOLLM2 else model
-
-
 def describe_generator(generator) -> tuple[str, str]:
     """(model label, backend name) of a `make_generator` generator, for logs and cards."""
+    from hubtools.models import model_label
     return model_label(generator.model), type(generator).__name__.removesuffix("Generator").lower()
 
 

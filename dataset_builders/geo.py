@@ -63,6 +63,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dataset_builders import common
+from hubtools.models import model_label
 from dataset_builders.common import BadRow, get_column, is_int, is_num, require, short
 from hubtools.geo import METRICS
 from hubtools.tasks import GEO
@@ -636,8 +637,8 @@ def build(recipe: dict, *, push_to_hub: str | None = None, output_dir: str | Pat
              "filter": dict(outcomes.most_common()), "calls": calls, "refused": dict(refused),
              **{name: len(rs) for name, rs in splits.items()},
              "sources": {name: sum(p["source"] == name for p in kept) for name in by_source}}
-    models = {"rewriter": rewriter, "backend": backend, "engine": common.model_label(engine.judge.model),
-              "judge": common.model_label(judge.model)}
+    models = {"rewriter": rewriter, "backend": backend, "engine": model_label(engine.judge.model),
+              "judge": model_label(judge.model)}
     info = card_info(recipe, stats, models, repro_command)
     points = {r["method"]: (r["gain word_position"], r["support_original"]) for r in table
               if r["gain word_position"] is not None and r["support_original"] is not None}

@@ -25,6 +25,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError, model_validator
 
 from dataset_builders import common
+from hubtools.models import model_label
 from dataset_builders.common import BadRow, get_column, is_int, require, short
 from hubtools.citations import source_ids
 from hubtools.tasks import RL_HARD
@@ -443,8 +444,8 @@ def build(recipe: dict, *, push_to_hub: str | None = None, output_dir: str | Pat
              "rubrics": dict(rubric_counts), "writer": writer.stats(), "judge": judge.stats("rubric"),
              "before": before, "after": after, "train": len(train), "test": len(test),
              "sources": {name: sum(r["source"] == name for r in selected) for name in by_source}}
-    models = {"policy": policy, "backend": backend, "judge": common.model_label(judge.model),
-              "rubric writer": common.model_label(writer.model)}
+    models = {"policy": policy, "backend": backend, "judge": model_label(judge.model),
+              "rubric writer": model_label(writer.model)}
     info = card_info(recipe, stats, models, repro_command)
     png = histograms({"before selection": [r["mean_score"] for r in scored],
                       "after selection": [r["mean_score"] for r in selected]},

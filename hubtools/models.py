@@ -64,3 +64,11 @@ def resolve_model(name: str | None) -> str:
     if name in (None, "", "smollm2", SMOLLM2, SMOLLM2_REPO):
         return str(smollm2_path())
     return name
+
+
+def model_label(model: str) -> str:
+    """A model as cards and logs name it: the packaged SmolLM2 by its Hub id, another local folder by its
+    name alone (no path of the machine that ran), a Hub id as it is."""
+    if Path(model).name == SMOLLM2:
+        return f"{SMOLLM2_REPO} (packaged GGUF)"
+    return Path(model).name if os.path.isabs(model) else model

@@ -358,7 +358,7 @@ def test_build_end_to_end_counts_publishes_card_and_resumes_from_the_caches(tmp_
                  "| Cite Sources | 3 | 3 |", "| keypoints not judged | 3 |", "| geo_engine | 7 | 0 | 0 | 0 |",
                  "| geo_keypoints | 6 | 0 | 6 | 0 |", "| geo_support | 0 | 0 | 0 | 0 |",
                  "`train` (rows: 0)", "`rl` (rows: 3)", "`test` (rows: 1)", "index in [3, 4) of each source",
-                 f"- `rewriter`: `{model}`", f"- `engine`: `{model}`", f"- `judge`: `{model}`",
+                 "- `rewriter`: `tiny-model`", "- `engine`: `tiny-model`", "- `judge`: `tiny-model`",
                  "- `methods`: `['Identity', 'Cite Sources']`", f"**Cite Sources**: {geo.METHODS['cite_sources'].task}",
                  f"({geo.PLOT_FILE})", "--methods identity,cite_sources --max-new-tokens 12"]:
         assert fact in card.text, fact

@@ -295,7 +295,7 @@ def test_build_end_to_end_counts_publishes_card_and_loads_back(tmp_path, hub, ti
                  "| mine: invalid JSON | 1 |", "| mine: no rubrics (writer failed, no reference rubrics) | 1 |",
                  "| writer: invalid after retry | 5 |", "| reference rubrics used (writer failed) | 4 |",
                  "| calls | 10 | 0 |", "| rows | 4 | 3 |", "| samples without an answer (0, judge not asked) | 8 | 6 |",
-                 "| rubric sets from the reference | 4 | 3 |", f"- `policy`: `{model}`", f"- `judge`: `{model}`",
+                 "| rubric sets from the reference | 4 | 3 |", "- `policy`: `tiny-model`", "- `judge`: `tiny-model`",
                  "rubric writer: hubtools/prompts/rubric_writer.j2; judge: hubtools/prompts/rubric_score.j2",
                  "- `static rubrics`: `['Citation Discipline', 'Off-Query Padding', 'Wrong-Entity Confabulation']`",
                  f"({rb.HIST_FILE})", f"--writer-base-url {tiny_server} --k 2 --n 3 --max-new-tokens 8"]:

@@ -100,7 +100,7 @@ def test_eval_writes_each_revision_card(api, repo_name, tiny_model_dir, served, 
     assert results[label]["rows"] == 2 and results[label]["before"]["word"] == 0.3 and (out / "geo_eval.png").exists()
     card = ModelCard.load(hf_hub_download(repo_name, "README.md", revision="step-1"))
     metrics = {r.metric_type: (r.metric_value, r.metric_config) for r in card.data.eval_results}
-    assert metrics["word_before"] == (0.3, f"engine:{model}") and "score_after" in metrics
+    assert metrics["word_before"] == (0.3, "engine:tiny-model") and "score_after" in metrics  # no local path
     assert "## Evaluation: geo" in card.text and "eval_geo.png" in card.text and "tiny" in card.text
     assert f"| {label} | " in card.text and f"| {tiny_model_dir} | " in card.text
     assert f"this revision is `{label}`" in card.text

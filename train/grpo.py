@@ -59,6 +59,7 @@ def build_card_info(script_args, training_args, model_args, reward_names: list[s
                     argv: list[str], dropped_long_prompts: int = 0) -> dict:
     """Run facts for the step cards (see examples/grpo_step_card.yaml for the keys): the common ones
     (train/common.py) plus the rewards, judge, KL and rollouts."""
+    from hubtools.models import model_label
     from hubtools.tasks import get_task
     from train import rewards
     task = get_task(script_args.task)
@@ -90,7 +91,7 @@ def build_card_info(script_args, training_args, model_args, reward_names: list[s
         "; ".join(f"`{s['reward']}`: {task.reward_text(s['reward'])}"
                   for s in rewards.parse_schedule(script_args.reward_schedule)),
         "reward_components": [{"name": n, "weight": w} for n, w in zip(reward_names, weights)],
-        **({"judge": script_args.judge_model, "judge_serving": script_args.judge_serving}
+        **({"judge": model_label(script_args.judge_model), "judge_serving": script_args.judge_serving}
            if {"rubric", "citation", "geo", "keypoint"} & set(reward_names) else {}),
         **({"kl_estimator": "k3", "kl_beta": training_args.beta} if training_args.beta > 0 else {}),
         "rollout_prompts": training_args.generation_batch_size // training_args.num_generations,

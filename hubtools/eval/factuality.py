@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from hubtools.eval import common
+from hubtools.models import model_label
 from hubtools.generation import SamplingParams
 from hubtools.scoring import Grade, extract_boxed, extract_final_answer, grade_answer, is_not_attempted, normalize_answer
 from hubtools.tasks import FACTUALITY
@@ -99,7 +100,7 @@ def load_eval_rows(dataset: str, split: str, limit: int | None = None) -> list[d
 
 def grader_name(judge=None) -> str:
     """How samples are graded: "rules", or "judge:MODEL" with an LLM judge."""
-    return RULES if judge is None else f"judge:{judge.model}"
+    return RULES if judge is None else f"judge:{model_label(judge.model)}"
 
 
 def grade_samples(rows: list[dict], samples: list[list[str]], judge=None) -> list[list[Grade | None]]:

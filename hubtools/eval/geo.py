@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hubtools.eval import common
+from hubtools.models import model_label
 from hubtools.geo import METRICS, REWARD_WEIGHTS
 from hubtools.tasks import GEO
 
@@ -213,12 +214,12 @@ def evaluate_settings(settings: dict[str, tuple[str, str | None]], dataset: str,
         model = settings[label][0]
         s = results[label]
         section = (f"`hubtools eval geo` on `{dataset}` ({split} split), {s.rows} rows × k={s.k} rewrites, engine "
-                   f"`{engine.judge.model}`: the rewritten source's share of the engine's answer before → after, "
+                   f"`{model_label(engine.judge.model)}`: the rewritten source's share of the engine's answer before → after, "
                    f"in %, scored as the `geo` reward scores it (weights {weights}); this revision is `{label}`.\n\n"
                    f"{markdown_table(results)}\n")
         common.write_card_results(model, rev, task=GEO.name, task_type="text-generation", metrics=s.metrics(),
                                   dataset=dataset, split=split, section=section, plot=plot,
-                                  metric_config=f"engine:{engine.judge.model}")
+                                  metric_config=f"engine:{model_label(engine.judge.model)}")
     return results
 
 

@@ -13,6 +13,7 @@ import asyncio
 from dataclasses import dataclass
 
 from hubtools.eval import common
+from hubtools.models import model_label
 from hubtools.tasks import RL_HARD
 
 COLUMNS = ("prompt", "positive_rubrics", "negative_rubrics", "tool_output")
@@ -111,7 +112,7 @@ def evaluate_revisions(model: str, revisions: list[str], dataset: str, judge, *,
     if write_cards and common.has_card(model):
         for rev, s in results.items():
             section = (f"`hubtools eval rl_hard` on `{dataset}` ({split} split), {s.rows} rows × k={s.k} answers, "
-                       f"judge `{judge.model}`. Scores in %; judge replies that did not parse are left out and "
+                       f"judge `{model_label(judge.model)}`. Scores in %; judge replies that did not parse are left out and "
                        f"counted.\n\n{markdown_table({rev: s})}\n")
             common.write_card_results(model, rev, task=RL_HARD.name, task_type="text-generation",
                                       metrics=s.metrics(), dataset=dataset, split=split, section=section, plot=plot)
