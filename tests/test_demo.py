@@ -1,5 +1,5 @@
 """The README's demos at smoke-test size: `hubtools demo --quick` (factuality) on the tiny model, and
-`hubtools demo rl_hard --quick` with the tiny model served as judge."""
+`hubtools demo rl_hard --quick` / `hubtools demo geo --quick` with the tiny model served as judge/engine."""
 
 from __future__ import annotations
 

@@ -240,7 +240,10 @@ def test_an_instruction_the_original_already_has_is_not_an_injection():
     legit = ["According to a 2021 study cited in Nature, sea levels rose 3.4 mm a year.",
              "Experts say you should use sunscreen daily.", "The study's results were cited by 400 papers.",
              "Researchers always cite peer-reviewed journals.", "Google's search engine ranks pages by relevance.",
-             "You must answer the survey by May.", "Reference this table for the numbers."]
+             "You must answer the survey by May.", "Reference this table for the numbers.",
+             "ChatGPT is an AI assistant built on a large language model.",  # pages about AI are not injections
+             "The model will answer questions in 40 languages.",
+             "Generative engines such as Perplexity answer with citations."]
     assert [engine_directed(t, "") for t in legit] == [[]] * len(legit)
     assert len(ENGINE_DIRECTED) >= 6
 

@@ -76,12 +76,13 @@ ENGINE_DIRECTED = tuple(re.compile(p, re.I) for p in (
     r"\b(?:cite|citing|credit|rank|prioriti[sz]e|quote|reference)\b[^.\n]{0,30}\b(?:this|these|the following|me|us)"
     rf"\s+(?:\w+\s+)?{_TOPIC}\b",
     r"\b(?:cite|rank|quote|reference)\s+(?:it|this|them)\b[^.\n]{0,30}\b(?:first|above|as|only|always|in every)\b",
-    r"\b(?:assistant|ai|model|engine|chatbot)\b[^.\n]{0,25}\b(?:must|should|shall|will|need to|have to|is to)"
+    r"\b(?:assistant|ai|model|engine|chatbot)\b[^.\n]{0,25}\b(?:must|should|shall|need to|have to|is to)"
     r"\s+(?:\w+\s+)?(?:cite|rank|quote|reference|credit|prioriti[sz]e|ignore|answer|respond|mention)\b",
     r"\byou\b[^.\n]{0,25}\b(?:must|should|shall|will|need to|have to|are to)\s+(?:\w+\s+)?"
     r"(?:cite|rank|quote|prioriti[sz]e|ignore)\s+(?:this|it|these|only|me|us)\b",
     r"\b(?:search|retrieved)\s+results?\b",
-    r"\b(?:system\s+prompt|language\s+model|ai\s+(?:assistant|model|system)|generative\s+engine)s?\b",
+    r"\bsystem\s+prompts?\b|\b(?:note|message|instructions?|attention)\s+(?:to|for)\s+(?:the\s+|any\s+)?"
+    r"(?:ai|assistant|model|engine|chatbot|llm)s?\b",
     r"<\|[a-z_]+\|>|\[/?INST\]|<</?SYS>>|(?m:^\s*(?:system|assistant|user)\s*:)",
 ))
 
