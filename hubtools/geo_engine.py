@@ -27,7 +27,6 @@ judge's retries spent) is None, counted by the judge as an error, never an answe
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -36,7 +35,6 @@ from hubtools.judge import Judge
 from hubtools.scoring import _answer_offset
 
 TEMPLATE = "geo_engine"
-_BLOCK_TAG = re.compile(r"<(?=\s*/?\s*source\b)", re.I)
 
 Row = tuple[str, Sequence[str]]  # (query, sources)
 
@@ -64,10 +62,9 @@ def parse_answer(reply: str, n_sources: int) -> EngineAnswer:
 
 
 def template_variables(query: str, sources: Sequence[str]) -> dict:
-    """What the engine's prompt template is rendered with: query and sources, block tags defused, the
-    sources' own `[k]` markers removed (`hubtools.geo.strip_citations`)."""
-    return {"query": _BLOCK_TAG.sub("&lt;", query),
-            "sources": [_BLOCK_TAG.sub("&lt;", strip_citations(s)) for s in sources]}
+    """What the engine's prompt template is rendered with: the query and the sources, without their own
+    `[k]` markers (`hubtools.geo.strip_citations`); `hubtools.judge.render` fences the blocks."""
+    return {"query": query, "sources": [strip_citations(s) for s in sources]}
 
 
 def _checked(query, sources) -> tuple[str, tuple[str, ...]]:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 
@@ -34,11 +33,6 @@ KEYPOINTS = "geo_keypoints"
 SUPPORT = "geo_support"
 SUPPORT_LABELS = ("SUPPORTED", "CONTRADICTED", "NOT_MENTIONED")
 MAX_POINTS = 8
-_TAG = re.compile(r"<(?=\s*/?\s*(?:text|statement)\b)", re.I)
-
-
-def _defused(text: str) -> str:
-    return _TAG.sub("&lt;", text)
 
 
 def parse_keypoints(reply: str, max_points: int = MAX_POINTS) -> list[str]:
@@ -83,14 +77,14 @@ class Preservation:
 
 async def keypoints(judge, text: str, max_points: int = MAX_POINTS) -> list[str] | None:
     """The judge's key points of `text`; None when the call failed or the reply did not parse."""
-    reply = await judge.complete(KEYPOINTS, metric=KEYPOINTS, text=_defused(text), max_points=max_points)
+    reply = await judge.complete(KEYPOINTS, metric=KEYPOINTS, text=text, max_points=max_points)
     return None if reply is None else judge._parsed(parse_keypoints, reply, max_points, KEYPOINTS)
 
 
 async def preservation(judge, points: Sequence[str], text: str) -> Preservation:
     """Each key point labelled against `text` by the judge, concurrently, and counted."""
-    labels = await asyncio.gather(*(judge.label(SUPPORT, SUPPORT_LABELS, metric=SUPPORT, statement=_defused(p),
-                                                text=_defused(text)) for p in points))
+    labels = await asyncio.gather(*(judge.label(SUPPORT, SUPPORT_LABELS, metric=SUPPORT, statement=p,
+                                                text=text) for p in points))
     return Preservation(supported=labels.count("SUPPORTED"), contradicted=labels.count("CONTRADICTED"),
                         judged=sum(label is not None for label in labels), asked=len(labels))
 

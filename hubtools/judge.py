@@ -13,7 +13,8 @@ killed build resumes, and replies parsed strictly with failures counted, never s
 
 Prompts are Jinja templates shipped in hubtools/prompts/ (`NAME.j2`), rendered in a sandboxed
 environment with StrictUndefined: a variable missing is an error, and rubric or answer text is data,
-never template code. A template renders the user message.
+never template code; a tag in it that would open or close one of the template's blocks is defused
+(`render`), so an answer cannot end its `<response>` and write its own criterion. A template renders the user message.
 
 Reply formats (`parse_score`, `parse_label`), after dropping any reasoning up to the last `</think>`:
 - score: the whole reply is one JSON object (optionally in a ```json fence) whose "score" is a
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import itertools
 import json
 import logging
@@ -63,12 +65,35 @@ _templates = SandboxedEnvironment(loader=jinja2.PackageLoader("hubtools", "promp
 
 
 def render(template: str, **variables) -> str:
-    """Render the packaged prompt `template` (hubtools/prompts/TEMPLATE.j2)."""
+    """Render the packaged prompt `template` (hubtools/prompts/TEMPLATE.j2), its material fenced: in every
+    text variable, a tag that opens or closes one of the template's own blocks (`<response>`, `</source>`,
+    any case or spacing) has its `<` written `&lt;`, so an answer cannot close its block and pose as the
+    criterion, another source or an instruction."""
     try:
-        return _templates.get_template(f"{template}.j2").render(**variables)
+        compiled = _templates.get_template(f"{template}.j2")
     except jinja2.TemplateNotFound:
         names = sorted(t.removesuffix(".j2") for t in _templates.list_templates(extensions=["j2"]))
         raise ValueError(f"judge template {template!r} not found; packaged templates: {names}") from None
+    tag = _block_tags(template)
+    return compiled.render(**{k: _fenced(v, tag) for k, v in variables.items()})
+
+
+@functools.cache
+def _block_tags(template: str) -> re.Pattern | None:
+    """The `<` of any tag naming one of the blocks `template` closes (`</name>` in its source)."""
+    source = _templates.loader.get_source(_templates, f"{template}.j2")[0]
+    names = sorted(set(re.findall(r"</\s*(\w+)\s*>", source)))
+    return re.compile(rf"<(?=\s*/?\s*(?:{'|'.join(names)})\b)", re.I) if names else None
+
+
+def _fenced(value, tag: re.Pattern | None):
+    if tag is None:
+        return value
+    if isinstance(value, str):
+        return tag.sub("&lt;", value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_fenced(v, tag) for v in value)
+    return value
 
 
 def _answer_part(reply: str) -> str:
