@@ -6,7 +6,6 @@ import json
 
 from huggingface_hub import ModelCard, hf_hub_download
 
-from conftest import ROOT
 from hubtools.eval import rl_hard
 from test_rubric_rewards import BUILT, GOOD, QUESTION, TALL, TOOLS, FixedScores, answer
 

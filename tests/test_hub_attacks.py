@@ -3,7 +3,6 @@ against the real server process. Raw sockets where a well-behaved client could n
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import socket
