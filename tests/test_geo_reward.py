@@ -23,7 +23,7 @@ from hubtools.tasks import GEO
 from test_geo import engine_for
 from test_rubric_rewards import trl_call
 from train.rewards.geo import (ENGINE_DIRECTED, GeoScorer, engine_directed, make_geo_reward, make_keypoint_reward,
-                               parse_weights, prepare, rewrite_text)
+                               parse_weights, prepare, rewrite_text, word_count)
 
 QUERY = "Why is the sky blue?"
 SOURCES = ["Sunlight scatters off the molecules of the air, and blue light scatters the most of all colours.",
@@ -206,6 +206,11 @@ def test_length_outside_the_bounds_pays_minus_before():
     rewards, metrics, extras = call(make_geo_reward(eng), [padded, short, LONGER])
     assert rewards[:2] == pytest.approx([-BEFORE] * 2) and extras["geo_flag"] == ["length", "length", None]
     assert metrics["geo/length"] == [2.0] and rewritten(padded) not in eng.judge.seen_sources()
+    # words joined into one: within the word bound, over the character bound
+    chained = " ".join(["-".join(re.findall(r"\w+", LONGER))] * word_count(SOURCES[TARGET])) + "."
+    assert word_count(chained) <= 2 * word_count(SOURCES[TARGET])
+    rewards, _, extras = call(make_geo_reward(engine()), [chained])
+    assert rewards == pytest.approx([-BEFORE]) and extras["geo_flag"] == ["length"]
     with pytest.raises(ValueError, match="geo_length_ratio"):
         make_geo_reward(engine(), length_ratio=(1.5, 2.0))
 

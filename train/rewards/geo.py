@@ -28,9 +28,10 @@ What the hacks get (each pinned in tests/test_geo_reward.py):
   builder's `original_visibility` follows too): reward = −S(before), the least a rewrite can get.
 * Empty rewrite (also: only reasoning, an unclosed `<think>`, only markers and punctuation): not sent;
   0 → −S(before).
-* Length: a rewrite whose word count is outside `length_ratio` × the original's (default 0.5–2×; the
-  study's system prompt asks for "approximately the same length") is not sent; 0 → −S(before). More
-  words are a bigger share of the words an engine copies, and a few words cannot keep the source.
+* Length: a rewrite whose word count, or length in characters, is outside `length_ratio` × the
+  original's (default 0.5–2×; the study's system prompt asks for "approximately the same length") is not
+  sent; 0 → −S(before). More words are a bigger share of the words an engine copies, a few words cannot
+  keep the source, and characters catch words joined into one ("The-tower-is-330-metres-tall-…").
 * `[k]` citation markers inside the rewrite (the metrics' marker forms: `[3]`, `[1][3]`, `[1, 3]`)
   are removed before the engine sees it: a source cannot pre-cite itself for an engine that copies
   markers, and a rewrite of nothing but markers is empty.
@@ -127,10 +128,16 @@ def prepare(completion, original: str, length_ratio: tuple[float, float] = LENGT
     if engine_directed(raw, original):
         return Rewrite("", "injection", markers)
     lo, hi = length_ratio
-    base = word_count(original)
-    if base and not lo * base <= words <= hi * base:
-        return Rewrite("", "length", markers)
+    for size, base in ((words, word_count(original)), (_chars(text), _chars(strip_citations(original)))):
+        if base and not lo * base <= size <= hi * base:
+            return Rewrite("", "length", markers)
     return Rewrite(text, None, markers)
+
+
+def _chars(text: str) -> int:
+    """Length in characters, runs of whitespace as one: with words, the length bound's second measure, so
+    joining words into one ("The-tower-is-330-metres-tall-…") cannot carry more text within the word bound."""
+    return len(" ".join(text.split()))
 
 
 def parse_weights(spec: str | Mapping[str, float]) -> dict[str, float]:
