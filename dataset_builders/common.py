@@ -408,6 +408,28 @@ def add_common_arguments(parser, default_recipe: Path, what: str) -> None:
                         help="stop at the first bad source row instead of skipping and counting it")
 
 
+def set_overrides(recipe: dict, paths: dict[str, tuple[str, ...]], values: dict) -> None:
+    """Write each value that is not None at its recipe path (`paths`: command-line dest → keys), in place."""
+    for dest, value in values.items():
+        if value is not None:
+            *parents, key = paths[dest]
+            target = recipe
+            for p in parents:
+                target = target[p]
+            target[key] = value
+
+
+def run_builder(builder: str, args, load_recipe, build, overrides: dict[str, str]) -> int:
+    """`hubtools build-dataset BUILDER ...`: the recipe, its destination checked, then `build` with the
+    flags of `overrides` (dest → flag) and the command line as the card's reproduction command."""
+    recipe = load_recipe(args.recipe)
+    check_destination(builder, args, recipe)
+    build(recipe, push_to_hub=args.push_to_hub, output_dir=args.output_dir, private=args.private,
+          repro_command=command_line(builder, args, overrides),
+          **{dest: getattr(args, dest) for dest in overrides})
+    return 0
+
+
 def command_line(builder: str, args, overrides: dict[str, str]) -> str:
     """The exact command for the card: rebuilt from the parsed flags, secrets redacted."""
     from hubtools.redact import redact_argv

@@ -368,9 +368,4 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     """`hubtools build-dataset factuality ...`"""
-    recipe = load_recipe(args.recipe)
-    common.check_destination(NAME, args, recipe)
-    build(recipe, push_to_hub=args.push_to_hub, output_dir=args.output_dir, private=args.private,
-          repro_command=common.command_line(NAME, args, _OVERRIDE_FLAGS),
-          **{dest: getattr(args, dest) for dest in _OVERRIDE_FLAGS})
-    return 0
+    return common.run_builder(NAME, args, load_recipe, build, _OVERRIDE_FLAGS)

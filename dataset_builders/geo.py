@@ -191,13 +191,7 @@ def apply_overrides(recipe: dict, *, model: str | None = None, backend: str | No
     r = complete_recipe(recipe)
     if isinstance(values.get("methods"), str):
         values["methods"] = [m.strip() for m in values["methods"].split(",") if m.strip()]
-    for dest, value in values.items():
-        if value is not None:
-            *parents, key = _PATHS[dest]
-            target = r
-            for p in parents:
-                target = target[p]
-            target[key] = value
+    common.set_overrides(r, _PATHS, values)
     common.override_generator(r, model=model, backend=backend, base_url=base_url)
     return complete_recipe(r)
 
@@ -676,9 +670,4 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     """`hubtools build-dataset geo ...`"""
-    recipe = load_recipe(args.recipe)
-    common.check_destination(NAME, args, recipe)
-    build(recipe, push_to_hub=args.push_to_hub, output_dir=args.output_dir, private=args.private,
-          repro_command=common.command_line(NAME, args, _OVERRIDE_FLAGS),
-          **{dest: getattr(args, dest) for dest in _OVERRIDE_FLAGS})
-    return 0
+    return common.run_builder(NAME, args, load_recipe, build, _OVERRIDE_FLAGS)

@@ -134,13 +134,7 @@ def apply_overrides(recipe: dict, *, model: str | None = None, backend: str | No
     """A completed copy of `recipe` with the command-line overrides that are not None (`_PATHS` keys,
     and the policy's `model`, `backend`, `base_url`)."""
     r = complete_recipe(recipe)
-    for dest, value in values.items():
-        if value is not None:
-            *parents, key = _PATHS[dest]
-            target = r
-            for p in parents:
-                target = target[p]
-            target[key] = value
+    common.set_overrides(r, _PATHS, values)
     common.override_generator(r, model=model, backend=backend, base_url=base_url)
     return complete_recipe(r)
 
@@ -480,9 +474,4 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     """`hubtools build-dataset rl_hard ...`"""
-    recipe = load_recipe(args.recipe)
-    common.check_destination(NAME, args, recipe)
-    build(recipe, push_to_hub=args.push_to_hub, output_dir=args.output_dir, private=args.private,
-          repro_command=common.command_line(NAME, args, _OVERRIDE_FLAGS),
-          **{dest: getattr(args, dest) for dest in _OVERRIDE_FLAGS})
-    return 0
+    return common.run_builder(NAME, args, load_recipe, build, _OVERRIDE_FLAGS)

@@ -64,6 +64,7 @@ from typing import Callable
 from hubtools.geo import _CITATION, METRICS, REWARD_WEIGHTS, sentences, strip_citations
 from hubtools.geo_keypoints import MAX_POINTS, keypoints, preservation
 from hubtools.scoring import _answer_offset
+from train.rewards.common import log_to_trl, mean
 from train.rewards.factuality import completion_text
 
 COLUMNS = ("query", "sources", "target_index")
@@ -272,21 +273,6 @@ class GeoScorer:
         return out
 
 
-def _mean(values) -> float | None:
-    values = [v for v in values if v is not None]
-    return sum(values) / len(values) if values else None
-
-
-def _log(log_metric, log_extra, metrics: dict[str, float | None], extras: dict[str, list]) -> None:
-    if log_metric is not None:
-        for name, value in metrics.items():
-            if value is not None:
-                log_metric(name, value)
-    if log_extra is not None:
-        for column, values in extras.items():
-            log_extra(column, values)
-
-
 def make_geo_reward(engine, *, weights: Mapping[str, float] = REWARD_WEIGHTS,
                     length_ratio: Sequence[float] = LENGTH_RATIO) -> Callable:
     """The `geo` reward over `engine` (a `hubtools.geo_engine.Engine`); rules in the module docstring."""
@@ -303,15 +289,15 @@ def make_geo_reward(engine, *, weights: Mapping[str, float] = REWARD_WEIGHTS,
         after = [None if s.after is None else score(s.after, weights) for s in scored]
         rewards = [None if b is None or a is None else a - b for b, a in zip(before, after)]
         asked = [s for s in scored if s.uncited is not None]
-        _log(log_metric, log_extra,
-             {"geo/gain": _mean(rewards), "geo/before": _mean(before), "geo/after": _mean(after),
-              **{f"geo/after_{m}": _mean([s.after[m] for s in scored if s.after is not None]) for m in METRICS},
-              "geo/uncited": _mean([float(s.uncited) for s in asked]),
-              "geo/hallucinated": float(sum(s.hallucinated for s in scored)),
-              **{f"geo/{f}": float(sum(s.flag == f for s in scored)) for f in FLAGS},
-              "geo/markers_removed": float(sum(s.markers > 0 for s in scored)),
-              "geo/engine_failures": float(sum(r is None for r in rewards))},
-             {"geo_before": before, "geo_after": after, "geo_flag": [s.flag for s in scored]})
+        log_to_trl(log_metric, log_extra,
+                  {"geo/gain": mean(rewards), "geo/before": mean(before), "geo/after": mean(after),
+                   **{f"geo/after_{m}": mean([s.after[m] for s in scored if s.after is not None]) for m in METRICS},
+                   "geo/uncited": mean([float(s.uncited) for s in asked]),
+                   "geo/hallucinated": float(sum(s.hallucinated for s in scored)),
+                   **{f"geo/{f}": float(sum(s.flag == f for s in scored)) for f in FLAGS},
+                   "geo/markers_removed": float(sum(s.markers > 0 for s in scored)),
+                   "geo/engine_failures": float(sum(r is None for r in rewards))},
+                  {"geo_before": before, "geo_after": after, "geo_flag": [s.flag for s in scored]})
         return rewards
 
     return geo
@@ -346,11 +332,11 @@ def make_keypoint_reward(judge, *, max_points: int = MAX_POINTS) -> Callable:
             if points is not None:
                 listed[text] = points
         kept = [k for _, k in results if k is not None]
-        _log(log_metric, log_extra,
-             {"keypoint/support": _mean([k.support for k in kept]),
-              "keypoint/contradiction": _mean([k.contradiction for k in kept]),
-              "keypoint/unjudged": float(sum(k.asked - k.judged for k in kept))},
-             {"keypoint_support": [None if k is None else k.support for _, k in results]})
+        log_to_trl(log_metric, log_extra,
+                  {"keypoint/support": mean([k.support for k in kept]),
+                   "keypoint/contradiction": mean([k.contradiction for k in kept]),
+                   "keypoint/unjudged": float(sum(k.asked - k.judged for k in kept))},
+                  {"keypoint_support": [None if k is None else k.support for _, k in results]})
         return [value for value, _ in results]
 
     return keypoint

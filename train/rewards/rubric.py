@@ -44,6 +44,7 @@ from typing import Callable, Protocol, Sequence
 
 from hubtools.citations import Claim, answer_block, malformed, normalize_claim, parse_claims, source_passages
 from hubtools.tasks import RL_HARD
+from train.rewards.common import log_to_trl, mean
 from train.rewards.factuality import completion_text
 
 TOOL_OUTPUT = "tool_output"
@@ -107,23 +108,8 @@ async def _judged(judge: Judge, template: str, metric: str, **variables) -> floa
     return s
 
 
-def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
-
-
 def _slug(title: str) -> str:
     return re.sub(r"\W+", "_", title.lower()).strip("_")
-
-
-def _log(log_metric, log_extra, metrics: dict[str, float | None], extras: dict[str, list]) -> None:
-    """TRL's reward logging, when the caller passes it; metrics without a value are not logged."""
-    if log_metric is not None:
-        for name, value in metrics.items():
-            if value is not None:
-                log_metric(name, value)
-    if log_extra is not None:
-        for column, values in extras.items():
-            log_extra(column, values)
 
 
 def make_rubric_reward(judge: Judge, *, instance_rubrics_only: bool = False,
@@ -173,14 +159,14 @@ def make_rubric_reward(judge: Judge, *, instance_rubrics_only: bool = False,
                 by_static[r["title"]].append(value)
         rewards = [0.0 if answers[i] is None else (num[i] / den[i] if den[i] else None) for i in range(n)]
 
-        _log(log_metric, log_extra,
-             {"rubric/positive": _mean([v for vs in pos for v in vs]),
-              "rubric/negative_avoided": _mean([v for vs in neg for v in vs]),
-              "rubric/parse_failures": float(sum(failed)),
-              "rubric/no_answer": float(sum(a is None for a in answers)),
-              **{f"rubric/static/{_slug(t)}": _mean(v) for t, v in by_static.items()}},
-             {"rubric_positive": [_mean(v) for v in pos], "rubric_negative_avoided": [_mean(v) for v in neg],
-              "rubric_parse_failures": failed})
+        log_to_trl(log_metric, log_extra,
+                  {"rubric/positive": mean([v for vs in pos for v in vs]),
+                   "rubric/negative_avoided": mean([v for vs in neg for v in vs]),
+                   "rubric/parse_failures": float(sum(failed)),
+                   "rubric/no_answer": float(sum(a is None for a in answers)),
+                   **{f"rubric/static/{_slug(t)}": mean(v) for t, v in by_static.items()}},
+                  {"rubric_positive": [mean(v) for v in pos], "rubric_negative_avoided": [mean(v) for v in neg],
+                   "rubric_parse_failures": failed})
         return rewards
 
     return rubric
@@ -248,19 +234,19 @@ def make_citation_reward(judge: Judge, *, template: str = TEMPLATE) -> Callable:
                         failures += 1
                         unjudged = True
                         continue
-                    relevant = _mean([float(v > 0) for v in got[1:]]) if step[1] else 1.0
+                    relevant = mean([float(v > 0) for v in got[1:]]) if step[1] else 1.0
                     units.append((w, True, got[0], got[0] * relevant))
             p, r, f1 = _f1(units)
             rewards.append(None if p is None and unjudged else f1)
             precisions.append(p)
             recalls.append(r)
 
-        _log(log_metric, log_extra,
-             {"citation/precision": _mean([p for p in precisions if p is not None]),
-              "citation/recall": _mean([r for r in recalls if r is not None]),
-              "citation/hallucinated_claims": float(hallucinated),
-              "citation/parse_failures": float(failures)},
-             {"citation_precision": precisions, "citation_recall": recalls})
+        log_to_trl(log_metric, log_extra,
+                  {"citation/precision": mean([p for p in precisions if p is not None]),
+                   "citation/recall": mean([r for r in recalls if r is not None]),
+                   "citation/hallucinated_claims": float(hallucinated),
+                   "citation/parse_failures": float(failures)},
+                  {"citation_precision": precisions, "citation_recall": recalls})
         return rewards
 
     return citation
