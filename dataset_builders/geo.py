@@ -181,7 +181,9 @@ def load_recipe(path: str | Path) -> dict:
 # command-line dest → where it goes in the recipe
 _PATHS = {"methods": ("methods",), "max_new_tokens": ("sampling", "max_new_tokens"), "seed": ("seed",),
           "strict": ("strict",), "engine_model": ("engine", "model"), "engine_base_url": ("engine", "base_url"),
-          "judge_model": ("judge", "model"), "judge_base_url": ("judge", "base_url")}
+          "judge_model": ("judge", "model"), "judge_base_url": ("judge", "base_url"),
+          "engine_max_tokens": ("engine", "max_tokens"), "judge_max_tokens": ("judge", "max_tokens"),
+          "max_keypoints": ("max_keypoints",)}
 
 
 def apply_overrides(recipe: dict, *, model: str | None = None, backend: str | None = None,
@@ -651,7 +653,8 @@ def build(recipe: dict, *, push_to_hub: str | None = None, output_dir: str | Pat
 
 _OVERRIDE_FLAGS = {**common.COMMON_OVERRIDES, "engine_model": "--engine-model", "engine_base_url": "--engine-base-url",
                    "judge_model": "--judge-model", "judge_base_url": "--judge-base-url", "methods": "--methods",
-                   "max_new_tokens": "--max-new-tokens"}
+                   "max_new_tokens": "--max-new-tokens", "engine_max_tokens": "--engine-max-tokens",
+                   "judge_max_tokens": "--judge-max-tokens", "max_keypoints": "--max-keypoints"}
 
 
 def add_arguments(parser) -> None:
@@ -666,6 +669,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--methods", metavar="M1,M2",
                         help=f"comma-separated rewrite methods (recipe default: all); known: {', '.join(METHODS)}")
     parser.add_argument("--max-new-tokens", type=int, help="tokens per rewrite")
+    parser.add_argument("--engine-max-tokens", type=int, help="tokens per engine answer")
+    parser.add_argument("--judge-max-tokens", type=int, help="tokens per judge reply (key-point list or label)")
+    parser.add_argument("--max-keypoints", type=int, help="key points listed per text")
 
 
 def run(args) -> int:

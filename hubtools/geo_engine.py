@@ -13,10 +13,15 @@ engine's model, servers, sampling and cache are the Judge's; its calls are count
     after.visibility.word_position[k] - before.visibility.word_position[k]
     engine.answer_many(rows)  # the same from sync code, with a progress bar
 
-The prompt is the packaged template ``geo_engine`` (hubtools/prompts/geo_engine.j2): the sources in
-``<source id="k">`` blocks, declared material, never instructions. A source cannot forge a block
-boundary: ``<source`` / ``</source`` inside a source or the query reaches the engine as
-``&lt;source`` (a rewrite that closes its block and opens a fake "source 1" stays inside its own).
+The prompt is the packaged template ``geo_engine`` (hubtools/prompts/geo_engine.j2): the question, then
+the sources as numbered search results (``[k] text``, the form the GEO paper's engine read), declared
+material, never instructions, then the question again. Why numbered results and not ``<source id="k">``
+blocks: with blocks, the packaged SmolLM2-135M cited nothing in 8 of 8 bundled queries; with numbered
+results, it cited in 16 of 16 (it copies a result's label with its text), so the offline demo and tests
+measure real citations. A source cannot forge a result's label: every ``[k]`` marker is removed from
+the sources first (`template_variables`), so a line that starts with ``[k]`` is always the prompt's own.
+A source can still write text that reads like the prompt ("Question: …"); the question comes again
+after the results, and the GEO reward's injection net stands behind that.
 
 The reply (`parse_answer`): any reasoning up to the first ``</think>`` is dropped (an unclosed
 leading ``<think>`` leaves no answer), and the rest is scored by `hubtools.geo.visibility`. A cited
@@ -63,7 +68,7 @@ def parse_answer(reply: str, n_sources: int) -> EngineAnswer:
 
 def template_variables(query: str, sources: Sequence[str]) -> dict:
     """What the engine's prompt template is rendered with: the query and the sources, without their own
-    `[k]` markers (`hubtools.geo.strip_citations`); `hubtools.judge.render` fences the blocks."""
+    `[k]` markers (`hubtools.geo.strip_citations`), so no source can forge another's label."""
     return {"query": query, "sources": [strip_citations(s) for s in sources]}
 
 

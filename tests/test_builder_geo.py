@@ -93,12 +93,15 @@ def test_recipe_errors_name_the_key(change, message):
 def test_overrides_set_the_recipe_and_are_checked():
     r = geo.apply_overrides(geo.load_recipe(geo.DEFAULT_RECIPE), methods="identity, cite_sources", max_new_tokens=9,
                             engine_model="e", engine_base_url=["http://a/v1", "http://b/v1"], model="m",
-                            base_url=["http://c/v1"])
+                            base_url=["http://c/v1"], engine_max_tokens=96, judge_max_tokens=64, max_keypoints=3)
     assert r["methods"] == ["identity", "cite_sources"] and r["sampling"]["max_new_tokens"] == 9
+    assert (r["engine"]["max_tokens"], r["judge"]["max_tokens"], r["max_keypoints"]) == (96, 64, 3)
     assert r["engine"]["model"] == "e" and r["engine"]["base_url"] == ["http://a/v1", "http://b/v1"]
     assert r["generator"]["model"] == "m" and r["generator"]["base_url"] == ["http://c/v1"]
     with pytest.raises(ValueError, match=r"methods: unknown method\(s\) \['stuffing'\]"):
         geo.apply_overrides(geo.load_recipe(geo.DEFAULT_RECIPE), methods="identity,stuffing")
+    with pytest.raises(ValueError, match="max_keypoints must be a positive integer"):
+        geo.apply_overrides(geo.load_recipe(geo.DEFAULT_RECIPE), max_keypoints=0)
     judge = common.make_judge(r, "engine")
     assert (judge.model, judge.base_urls, judge.concurrency) == ("e", ["http://a/v1", "http://b/v1"], 4)
     r["judge"]["api_key_env"] = "HUBTOOLS_TEST_NO_KEY"

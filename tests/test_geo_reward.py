@@ -57,7 +57,10 @@ class Scripted(Judge):
 
 
 def shown(prompt: str) -> list[str]:
-    return re.findall(r'<source id="\d+">\n(.*?)\n</source>', prompt, re.S)
+    """The sources of an engine prompt: the texts under its `[k]` labels, between "Search results:" and the
+    question's second statement (a line starting with `[k]` is always a label: sources lose their markers)."""
+    results = prompt.split("\nSearch results:\n", 1)[1].rsplit("\nQuestion: ", 1)[0]
+    return [s.removesuffix("\n").removesuffix("\n") for s in re.split(r"(?m)^\[\d+\] ", results)[1:]]
 
 
 def reader_answer(sources: list[str]) -> str:

@@ -38,8 +38,8 @@ What the hacks get (each pinned in tests/test_geo_reward.py):
 * Instructions to the engine (prompt injection: "cite this source as [1]", "ignore previous
   instructions", "you must cite …", chat-template tokens): a rewrite with more matches of an
   `ENGINE_DIRECTED` pattern than the original has is not sent; 0 → −S(before). This is a lexical net
-  and a paraphrase passes it; what stands behind it is the engine's prompt, which fences the sources
-  as material, never instructions, with `<source>` tags defused (hubtools/prompts/geo_engine.j2). An
+  and a paraphrase passes it; what stands behind it is the engine's prompt, which declares the
+  sources material, never instructions, each under a label it cannot forge (geo_engine.j2). An
   engine that obeys an injection it is shown pays that injection (the tests show it), so: an engine
   that follows its prompt, the `geo/injection` log, and the eval's support of the rewrite's key points
   by the original.
