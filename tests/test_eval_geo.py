@@ -40,7 +40,7 @@ def test_settings_are_scored_as_the_reward_scores_them():
     s = geo.summarize(scored, rows=2, k=2, weights={"word_position": 0.6, "position": 0.2, "word": 0.2},
                       checks=checks)
     zero = dict.fromkeys(GIVEN, 0.0)
-    befores = [GIVEN, GIVEN, shares(OTHER), shares(OTHER)]
+    befores = [shares(SOURCES), shares(SOURCES), shares(OTHER), shares(OTHER)]  # asked: GIVEN is not this engine's
     afters = [shares(rewritten(LONGER)), zero, shares(rewritten(SAME_LENGTH, OTHER)), zero]
     for m in GIVEN:
         assert s.before[m] == pytest.approx(sum(b[m] for b in befores) / 4)
@@ -54,7 +54,7 @@ def test_settings_are_scored_as_the_reward_scores_them():
     assert checks[1] is None and checks[3] is None
     assert s.support_original == pytest.approx(2 / 3) and s.support_rewrite == pytest.approx(0.5)
     assert s.contradictions == 0 and s.keypoints_unjudged == 0
-    assert engine.judge.stats("geo_engine")["calls"] == 1 + 2  # OTHER's before; the row with GIVEN asks none
+    assert engine.judge.stats("geo_engine")["calls"] == 2 + 2  # each row's before (GIVEN ignored), 2 rewrites shown
     assert set(listed) == {SOURCES[TARGET], OTHER[TARGET]}  # kept for the next setting
     # the weighted score is the reward's objective
     v = visibility(reader_answer(rewritten(LONGER)), 3)
@@ -97,10 +97,13 @@ def test_eval_writes_each_revision_card(api, repo_name, tiny_model_dir, served, 
     results = json.loads((out / "results.json").read_text())
     label = f"{repo_name}@step-1"
     assert set(results) == {"engine", "dataset", "split", str(tiny_model_dir), label}
-    assert results[label]["rows"] == 2 and results[label]["before"]["word"] == 0.3 and (out / "geo_eval.png").exists()
+    before = results[label]["before"]["word"]
+    assert results[label]["rows"] == 2 and (out / "geo_eval.png").exists()
+    assert before != 0.3  # the rows' original_visibility (0.3, another engine's) is not read: before is asked
     card = ModelCard.load(hf_hub_download(repo_name, "README.md", revision="step-1"))
     metrics = {r.metric_type: (r.metric_value, r.metric_config) for r in card.data.eval_results}
-    assert metrics["word_before"] == (0.3, "engine:tiny-model") and "score_after" in metrics  # no local path
+    assert metrics["word_before"] == (pytest.approx(before, abs=1e-4), "engine:tiny-model")  # no local path
+    assert "score_after" in metrics
     assert "## Evaluation: geo" in card.text and "eval_geo.png" in card.text and "tiny" in card.text
     assert f"| {label} | " in card.text and f"| {tiny_model_dir} | " in card.text
     assert f"this revision is `{label}`" in card.text

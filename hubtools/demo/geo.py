@@ -111,7 +111,7 @@ def run(path: str | None = None, quick: bool = False, serve: bool = False, judge
         train = yaml.safe_load(GRPO_RECIPE.read_text())
         steps = QUICK["steps"] if quick else train["max_steps"]
         length = QUICK["tokens"] if quick else train["max_completion_length"]
-        engine_tokens = recipe["engine"]["max_tokens"]  # as the build's: "before" and "after" from one engine
+        engine_tokens = recipe["engine"]["max_tokens"]  # as the build's: the rl rows' "before" came from it
         stage(f"GRPO from {SFT_REPO}@{sft_revision}: geo reward (the served engine), {steps} steps of 2 prompts × "
               f"{train['num_generations']} completions; every step published to {MODEL_REPO} as its own revision")
         launch("grpo.py", GRPO_RECIPE, "--model_name_or_path", SFT_REPO, "--model_revision", sft_revision,

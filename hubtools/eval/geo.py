@@ -7,8 +7,9 @@ instruct model, an SFT step), side by side. Per setting, k rewrites per row are 
 dropped, `[k]` markers removed; a rewrite that is empty, outside --length-ratio × the original's words or
 addressed to the engine is not shown to it and counts as uncited; an engine answer citing no source gives
 the rewritten source 0. The engine is the --judge-model served at --judge-base-url (deterministic,
-temperature 0); "before" is the row's `original_visibility`, else the engine's answer over the original
-sources.
+temperature 0); "before" is that engine's answer over the original sources, asked once per source set,
+never the row's `original_visibility`: the builder's engine may differ in model or max_tokens, and before
+and after must come from one engine to be compared.
 
 Per setting: the rewritten source's mean share before / after of each visibility metric (word,
 word_position, position) and its relative gain in % (ratio of the means: (after − before) / before), the
@@ -104,15 +105,15 @@ def summarize(scored: list, rows: int, k: int, weights: dict[str, float], checks
 
 def score_rewrites(scorer, rows: list[dict], samples: list[list[str]]) -> list:
     """Every sample scored by the engine (`GeoScorer`), all at once with a progress bar: one call per
-    source set, so rows sharing it (one per target) ask its "before" once. Flattened row by row."""
+    source set, so rows sharing it (one per target) ask its "before" once (the rows' `original_visibility`
+    is not used: see the module docstring). Flattened row by row."""
     groups: dict[tuple, list[int]] = {}
     for i, row in enumerate(rows):
         groups.setdefault((row["query"], tuple(row["sources"])), []).append(i)
 
     def group(indices: list[int]):
         flat = [(i, s) for i in indices for s in samples[i]]
-        return scorer.score([s for _, s in flat], *([rows[i][c] for i, _ in flat] for c in COLUMNS[1:]),
-                            [rows[i].get("original_visibility") for i, _ in flat])
+        return scorer.score([s for _, s in flat], *([rows[i][c] for i, _ in flat] for c in COLUMNS[1:]))
 
     scored = scorer.engine.judge.run_many(group, list(groups.values()), "engine")
     by_row: dict[int, list] = {}
