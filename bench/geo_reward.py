@@ -61,11 +61,11 @@ async def timed(*calls) -> float:
 async def bench(args, url: str) -> None:
     from hubtools.geo_engine import Engine
     from train.grpo import ScriptArguments
-    from train.rewards import _judge, get_reward
+    from train.rewards import get_reward, shared_judge
 
     script = ScriptArguments(judge_model="bench-engine", judge_base_url=[url], judge_concurrency=args.concurrency)
     geo, keypoint = get_reward("geo", script), get_reward("keypoint", script)
-    geo_judge = _judge(script)  # the judge client the rewards share (the engine is the judge model)
+    geo_judge = shared_judge(script)  # the judge client the rewards share (the engine is the judge model)
     engine = Engine(geo_judge)
     await engine.answer("warm-up", SOURCES)  # opens the connections
 

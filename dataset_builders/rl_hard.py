@@ -73,12 +73,9 @@ def _errors(e: ValidationError) -> str:
 def parse_written(reply: str) -> tuple[list[dict], list[dict]]:
     """(positive, negative) rubrics of a writer reply: the whole reply after any reasoning is one JSON
     object (optionally in a ```json fence) matching `WrittenRubrics`; ValueError naming what is wrong."""
-    from hubtools.judge import _FENCE, _answer_part  # the judge's own reply rules, for one parser of replies
-    text = _answer_part(reply)
-    if fence := _FENCE.fullmatch(text):
-        text = fence[1]
+    from hubtools.judge import reply_payload  # the judge's own reply rules, for one parser of replies
     try:
-        got = WrittenRubrics.model_validate_json(text)
+        got = WrittenRubrics.model_validate_json(reply_payload(reply))
     except ValidationError as e:
         raise ValueError(_errors(e)) from None
     return ([r.model_dump() for r in got.positive_rubrics], [r.model_dump() for r in got.negative_rubrics])

@@ -34,7 +34,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from hubtools.scoring import _answer_offset
+from hubtools.scoring import answer_offset
 
 MIN_CLAIM_WORDS = 4
 
@@ -75,7 +75,7 @@ def source_ids(tool_output: str | None) -> set[str]:
 def answer_block(completion: str, *, strict: bool = False) -> str | None:
     """The text of the one `<answer>` block after the reasoning, or None (none, several, unclosed).
     `strict`: the block must also be all there is after the reasoning, whitespace aside."""
-    after = completion[_answer_offset(completion):]
+    after = completion[answer_offset(completion):]
     blocks = _ANSWER.findall(after)
     if len(blocks) != 1 or (strict and not _ONLY_ANSWER.fullmatch(after)):
         return None

@@ -75,8 +75,8 @@ METRICS = ("word", "word_position", "position")
 REWARD_WEIGHTS = {"word_position": 0.6, "position": 0.2, "word": 0.2}
 
 _PARAGRAPH = re.compile(r"\n[ \t]*\n")
-_CITATION = re.compile(r"\[\s*\d+(?:\s*[,;]?\s*\d+)*\s*\]")
-_MARKER = re.compile(rf"(?m:^(?:[ \t]*{_CITATION.pattern})+[ \t]*)|[ \t]*{_CITATION.pattern}")  # with its spacing
+CITATION = re.compile(r"\[\s*\d+(?:\s*[,;]?\s*\d+)*\s*\]")
+_MARKER = re.compile(rf"(?m:^(?:[ \t]*{CITATION.pattern})+[ \t]*)|[ \t]*{CITATION.pattern}")  # with its spacing
 _ID = re.compile(r"\d+")
 _WORD = re.compile(r"[^\W_]+(?:['’.\-][^\W_]+)*")
 
@@ -110,8 +110,8 @@ def sentences(answer: str) -> list[Sentence]:
     out: list[list] = []  # [text, words, ids]
     orphan: list[int] = []  # ids of leading word-less pieces, for the first sentence
     for piece in _pieces(answer):
-        ids = [int(i) for m in _CITATION.findall(piece) for i in _ID.findall(m)]
-        words = len(_WORD.findall(_CITATION.sub(" ", piece)))
+        ids = [int(i) for m in CITATION.findall(piece) for i in _ID.findall(m)]
+        words = len(_WORD.findall(CITATION.sub(" ", piece)))
         if words:
             out.append([piece.strip(), words, orphan + ids])
             orphan = []

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 from hubtools.geo import Visibility, strip_citations, visibility
 from hubtools.judge import Judge
-from hubtools.scoring import _answer_offset
+from hubtools.scoring import answer_part
 
 TEMPLATE = "geo_engine"
 
@@ -62,7 +62,7 @@ class EngineAnswer:
 
 def parse_answer(reply: str, n_sources: int) -> EngineAnswer:
     """The engine's reply as an answer over `n_sources` sources (rules in the module docstring)."""
-    text = reply[_answer_offset(reply):].strip()
+    text = answer_part(reply)
     return EngineAnswer(text, visibility(text, n_sources))
 
 

@@ -23,11 +23,10 @@ reach the judge as ``&lt;text`` (a rewrite cannot close its block and address th
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 
-from hubtools.judge import _FENCE, _answer_part, _unique_keys
+from hubtools.judge import reply_payload, strict_json
 
 KEYPOINTS = "geo_keypoints"
 SUPPORT = "geo_support"
@@ -37,11 +36,8 @@ MAX_POINTS = 8
 
 def parse_keypoints(reply: str, max_points: int = MAX_POINTS) -> list[str]:
     """The key points in a `geo_keypoints` reply (rules in the module docstring); ValueError otherwise."""
-    text = _answer_part(reply)
-    if fence := _FENCE.fullmatch(text):
-        text = fence[1]
     try:
-        obj = json.loads(text, object_pairs_hook=_unique_keys)
+        obj = strict_json(reply_payload(reply))
     except ValueError:
         raise ValueError(f"not a JSON object: {reply!r}") from None
     points = obj.get("keypoints") if isinstance(obj, dict) else None
@@ -78,7 +74,7 @@ class Preservation:
 async def keypoints(judge, text: str, max_points: int = MAX_POINTS) -> list[str] | None:
     """The judge's key points of `text`; None when the call failed or the reply did not parse."""
     reply = await judge.complete(KEYPOINTS, metric=KEYPOINTS, text=text, max_points=max_points)
-    return None if reply is None else judge._parsed(parse_keypoints, reply, max_points, KEYPOINTS)
+    return None if reply is None else judge.parsed(parse_keypoints, reply, max_points, KEYPOINTS)
 
 
 async def preservation(judge, points: Sequence[str], text: str) -> Preservation:

@@ -16,7 +16,8 @@ environment with StrictUndefined: a variable missing is an error, and rubric or 
 never template code; a tag in it that would open or close one of the template's blocks is defused
 (`render`), so an answer cannot end its `<response>` and write its own criterion. A template renders the user message.
 
-Reply formats (`parse_score`, `parse_label`), after dropping any reasoning up to the last `</think>`:
+Reply formats (`parse_score`, `parse_label`), after dropping any reasoning (`hubtools.scoring.answer_part`:
+up to the first `</think>`; a reasoning never closed leaves nothing to parse):
 - score: the whole reply is one JSON object (optionally in a ```json fence) whose "score" is a
   number or a numeric string, or the whole reply is `Score: N`; N must lie in the declared scale and
   is normalized to [0, 1]. Anything else — prose around the JSON, duplicate keys, a boolean, NaN, out
@@ -46,7 +47,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from tqdm.auto import tqdm
 
 from hubtools.generation import Balancer, DiskCache, run_sync
-from hubtools.scoring import Grade, parse_grader_label
+from hubtools.scoring import Grade, answer_part, parse_grader_label
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,6 @@ STATS = ("calls", "cache_hits", "parse_failures", "errors")
 _TRANSIENT = (408, 409, 429)  # the 4xx statuses the openai client retries
 _WARN_FIRST = 5  # parse failures / errors logged at WARNING per metric; later ones at DEBUG
 
-_THINK_END = re.compile(r"</think\s*>", re.I)
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)\s*```", re.S | re.I)
 _SCORE_LINE = re.compile(r"score\s*:\s*(\S+)", re.I)
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)")
@@ -96,9 +96,16 @@ def _fenced(value, tag: re.Pattern | None):
     return value
 
 
-def _answer_part(reply: str) -> str:
-    """The reply after any reasoning (`...</think>`), stripped."""
-    return _THINK_END.split(reply)[-1].strip()
+def reply_payload(reply: str) -> str:
+    """What a reply says after any reasoning (`hubtools.scoring.answer_part`), out of its ```json fence
+    when the whole of it is one: what every parser of structured judge replies reads."""
+    text = answer_part(reply)
+    return fence[1] if (fence := _FENCE.fullmatch(text)) else text
+
+
+def strict_json(text: str):
+    """`json.loads` refusing duplicate keys (`{"score": 0, "score": 2}` is ambiguous, not the last one)."""
+    return json.loads(text, object_pairs_hook=_unique_keys)
 
 
 def _unique_keys(pairs: list[tuple]) -> dict:
@@ -111,14 +118,12 @@ def _unique_keys(pairs: list[tuple]) -> dict:
 def parse_score(reply: str, scale: tuple[float, float]) -> float:
     """The judge's score normalized to [0, 1] (formats in the module docstring); ValueError otherwise."""
     lo, hi = scale
-    text = _answer_part(reply)
-    if fence := _FENCE.fullmatch(text):
-        text = fence[1]
+    text = reply_payload(reply)
     if line := _SCORE_LINE.fullmatch(text.replace("*", "")):
         value = line[1]
     else:
         try:
-            obj = json.loads(text, object_pairs_hook=_unique_keys)
+            obj = strict_json(text)
         except ValueError:
             raise ValueError(f"not a JSON object or 'Score: N': {reply!r}") from None
         if not isinstance(obj, dict) or "score" not in obj:
@@ -135,7 +140,7 @@ def parse_score(reply: str, scale: tuple[float, float]) -> float:
 
 def parse_label(reply: str, labels: Sequence[str] | Mapping[str, str]) -> str:
     """The whole reply (after any reasoning) as one of `labels`; ValueError otherwise."""
-    return parse_grader_label(_answer_part(reply), labels)
+    return parse_grader_label(answer_part(reply), labels)
 
 
 class Judge:
@@ -204,14 +209,14 @@ class Judge:
             raise ValueError(f"scale: expected (lo, hi) with lo < hi, got {scale!r}")
         metric = metric or template
         reply = await self._ask(render(template, lo=lo, hi=hi, **variables), metric)
-        return None if reply is None else self._parsed(parse_score, reply, scale, metric)
+        return None if reply is None else self.parsed(parse_score, reply, scale, metric)
 
     async def label(self, template: str, labels: Sequence[str] | Mapping[str, str], /, *,
                     metric: str | None = None, **variables) -> str | None:
         """The judge's label, one of `labels` (names, or {letter: name}); None on failure."""
         metric = metric or template
         reply = await self._ask(render(template, **variables), metric)
-        return None if reply is None else self._parsed(parse_label, reply, labels, metric)
+        return None if reply is None else self.parsed(parse_label, reply, labels, metric)
 
     def close(self) -> None:
         """Stop the client processes (`processes` > 1); a later call starts new ones."""
@@ -333,7 +338,8 @@ class Judge:
         resp = await client.post("/chat/completions", body=body, cast_to=ChatCompletion)
         return resp.choices[0].message.content or ""
 
-    def _parsed(self, parse, reply: str, spec, metric: str):
+    def parsed(self, parse, reply: str, spec, metric: str):
+        """`parse(reply, spec)`, or None with the failure counted under `metric` and logged."""
         try:
             return parse(reply, spec)
         except ValueError as e:

@@ -233,16 +233,23 @@ def extract_tagged(text: str, tag: str = "answer") -> str | None:
     return found[0] if found else None
 
 
-def _answer_offset(text: str) -> int:
-    """Where the text after the reasoning starts: after the first ``</think>``; 0 without reasoning."""
+def answer_offset(text: str) -> int:
+    """Where the text after the reasoning starts: after the first ``</think>`` (a chat template ends the
+    reasoning there); 0 without reasoning; the end of the text when a leading ``<think>`` never closes."""
     end = _THINK_END.search(text)
     if end:
         return end.end()
     return len(text) if _THINK_OPEN.match(text) else 0
 
 
+def answer_part(text: str) -> str:
+    """The text after the reasoning (`answer_offset`), stripped: the one rule for policy completions,
+    engine answers and judge replies alike."""
+    return text[answer_offset(text):].strip()
+
+
 def _final_answer(text: str) -> tuple[str, int] | None:
-    cut = _answer_offset(text)
+    cut = answer_offset(text)
     for lo, hi in ((cut, len(text)), (0, cut)):
         found = _last_boxed(text[lo:hi]) or _last_tagged(text[lo:hi], "answer")
         if found:
@@ -259,7 +266,7 @@ def extract_final_answer(text: str) -> str | None:
 def is_not_attempted(answer_or_text: str) -> bool:
     """True if the final answer (the whole text after the reasoning when there is none) is an abstention."""
     found = _final_answer(answer_or_text)
-    answer = found[0] if found else answer_or_text[_answer_offset(answer_or_text):]
+    answer = found[0] if found else answer_or_text[answer_offset(answer_or_text):]
     return _ABSTAIN.fullmatch(normalize_answer(answer)) is not None
 
 
@@ -272,7 +279,7 @@ def grade_answer(completion: str, golds: str | Sequence[str], *, require_box: bo
     found = _final_answer(completion)
     if found is None and require_box:
         return Grade.INCORRECT
-    answer = found[0] if found else completion[_answer_offset(completion):]
+    answer = found[0] if found else completion[answer_offset(completion):]
     if is_not_attempted(answer):
         return Grade.NOT_ATTEMPTED
     if answerable and _aliases(golds) and answer_matches(answer, golds):

@@ -18,7 +18,7 @@ from train.rewards.factuality import boxed_format, caution, fact, fact_caution, 
 RewardFn = Callable[..., list]
 
 
-def _judge(args):
+def shared_judge(args):
     """The one judge client of this process, shared by the judge-backed rewards (built on first use)."""
     from hubtools.judge import Judge
     if not getattr(args, "judge_model", None) or not getattr(args, "judge_base_url", None):
@@ -39,13 +39,13 @@ _JUDGES: dict[tuple, object] = {}
 def _rubric(args) -> RewardFn:
     from train.rewards.rubric import make_rubric_reward, static_rubrics
     positive, negative = static_rubrics(args.static_rubrics)
-    return make_rubric_reward(_judge(args), instance_rubrics_only=args.instance_rubrics_only,
+    return make_rubric_reward(shared_judge(args), instance_rubrics_only=args.instance_rubrics_only,
                               static_positive=positive, static_negative=negative)
 
 
 def _citation(args) -> RewardFn:
     from train.rewards.rubric import make_citation_reward
-    return make_citation_reward(_judge(args))
+    return make_citation_reward(shared_judge(args))
 
 
 def _format(args) -> RewardFn:
@@ -57,13 +57,13 @@ def _geo(args) -> RewardFn:
     """The GEO reward; its engine is the judge model (one served model answers as the engine and judges)."""
     from hubtools.geo_engine import Engine
     from train.rewards.geo import make_geo_reward, parse_weights
-    return make_geo_reward(Engine(_judge(args)), weights=parse_weights(args.geo_weights),
+    return make_geo_reward(Engine(shared_judge(args)), weights=parse_weights(args.geo_weights),
                            length_ratio=args.geo_length_ratio)
 
 
 def _keypoint(args) -> RewardFn:
     from train.rewards.geo import make_keypoint_reward
-    return make_keypoint_reward(_judge(args))
+    return make_keypoint_reward(shared_judge(args))
 
 
 REWARDS: dict[str, Callable[[object], RewardFn]] = {

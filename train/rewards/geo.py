@@ -61,9 +61,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Callable
 
-from hubtools.geo import _CITATION, METRICS, REWARD_WEIGHTS, sentences, strip_citations
+from hubtools.geo import CITATION, METRICS, REWARD_WEIGHTS, sentences, strip_citations
 from hubtools.geo_keypoints import MAX_POINTS, keypoints, preservation
-from hubtools.scoring import _answer_offset
+from hubtools.scoring import answer_part
 from train.rewards.common import log_to_trl, mean
 from train.rewards.factuality import completion_text
 
@@ -91,8 +91,7 @@ ENGINE_DIRECTED = tuple(re.compile(p, re.I) for p in (
 
 def rewrite_text(completion) -> str:
     """The rewrite in a completion: the text after its reasoning, stripped ('' for an unclosed `<think>`)."""
-    text = completion_text(completion)
-    return text[_answer_offset(text):].strip()
+    return answer_part(completion_text(completion))
 
 
 def word_count(text: str) -> int:
@@ -121,7 +120,7 @@ def prepare(completion, original: str, length_ratio: tuple[float, float] = LENGT
     """The completion's rewrite as the engine sees it, or why it is not sent (the guards of the module
     docstring, checked in this order: empty, injection, length)."""
     raw = rewrite_text(completion)
-    markers = len(_CITATION.findall(raw))
+    markers = len(CITATION.findall(raw))
     text = strip_citations(raw).strip()
     words = word_count(text)
     if not words:
