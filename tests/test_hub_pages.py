@@ -143,6 +143,24 @@ def test_run_view(hub, api, repo_name, browser, tmp_path):
     assert f'href="/{repo_name}/resolve/step-2/README.md"' in step_page
 
 
+def test_run_view_of_an_sft_run_shows_its_loss(hub, api, repo_name, browser, tmp_path):
+    """An SFT run's step cards carry training_loss, not training_reward: the view shows and plots the loss."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    api.create_repo(repo_name)
+    losses = {1: 2.5, 2: 1.75}
+    for step, loss in losses.items():
+        api.create_branch(repo_name, branch=f"step-{step}")
+        data = ModelCardData(model_name="tiny-sft", training_loss=loss, training_step=step)
+        ModelCard(f"---\n{data.to_yaml()}\n---\n# Step {step}\n").push_to_hub(repo_name, revision=f"step-{step}")
+    dom = browser(f"{hub.url}/{repo_name}/run")
+    assert "<th class=\"num\">Training loss</th>" in dom and "Training reward" not in dom
+    assert table_rows(dom, "run-table") == [[str(s), str(loss)] for s, loss in losses.items()]
+    svg = re.search(r'<svg id="run-plot".*?</svg>', dom, re.S).group(0)
+    assert "training loss (right axis)" in svg and len(re.findall(r"<polyline", svg)) == 1
+    screenshot(browser, f"{hub.url}/{repo_name}/run", tmp_path / "run.png")
+
+
 def test_dataset_preview(hub, repo_name, browser):
     from datasets import Dataset
 

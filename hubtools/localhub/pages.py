@@ -34,6 +34,7 @@ CELL_LIMIT = 300  # characters shown per dataset cell
 COMMITS_SHOWN = 100
 FILES_SHOWN = 1000  # rows of the file table (the API lists them all, page by page)
 _STEP_RE = re.compile(r"^step-(\d+)$")
+_TRAIN_KEYS = ("training_reward", "training_loss")  # a step card's training figure, in order of preference
 _CSP = ("default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; base-uri 'none'; "
         "form-action 'none'; frame-ancestors 'none'")
 _ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
@@ -45,7 +46,7 @@ _TAGS = {"h1", "h2", "h3", "h4", "h5", "h6", "p", "br", "hr", "blockquote", "pre
 _ATTRS = {"a": {"href", "title"}, "img": {"src", "alt", "title", "width", "height"}, "ol": {"start"},
           "th": {"style", "align"}, "td": {"style", "align"}}
 _PALETTE = ["#2563eb", "#16a34a", "#dc2626", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777"]
-_REWARD_COLOR = "#111827"
+_TRAIN_COLOR = "#111827"
 
 
 class _NotFound(Exception):
@@ -121,18 +122,23 @@ def page_routes(store: Store, can_read: Callable[[Request, Repo], bool]) -> list
         repo = repo_for(request, "model")
         steps = sorted((int(m.group(1)), name, oid) for name, oid in store.refs(repo)["branch"].items()
                        if (m := _STEP_RE.match(name)))
-        rows, columns = [], {}
+        rows, columns, metas = [], {}, []
         for step, name, oid in steps:
             meta, _ = store.read_card(store.files(oid).get("README.md"))
+            metas.append(meta)
             metrics = _metrics(meta)
             for key in metrics:
                 columns.setdefault(key, None)
-            rows.append({"step": step, "url": _tree_url(repo, name), "reward": _number(meta.get("training_reward")),
-                         "metrics": metrics})
-        columns = list(columns)
+            rows.append({"step": step, "url": _tree_url(repo, name), "metrics": metrics})
+        # a GRPO run's cards carry training_reward, an SFT run's training_loss: the run's own training figure
+        train_key = next((k for k in _TRAIN_KEYS if any(k in m for m in metas)), _TRAIN_KEYS[0])
+        for row, meta in zip(rows, metas):
+            row["train"] = _number(meta.get(train_key))
+        columns, train_label = list(columns), train_key.replace("_", " ")
         return "run.html", {"title": f"{repo.repo_id} run", "repo": repo, "rows": rows, "columns": columns,
+                            "train_key": train_key, "train_label": train_label,
                             "crumbs": [(repo.repo_id, _repo_url(repo)), ("run", _repo_url(repo) + "/run")],
-                            "plot": _plot(rows, columns) if rows else None}
+                            "plot": _plot(rows, columns, train_label) if rows else None}
 
     return [
         Route("/", page(home), methods=["GET"]),
@@ -255,9 +261,9 @@ def _metrics(meta: dict) -> dict[tuple[str, str], float]:
     return out
 
 
-def _plot(rows: list[dict], columns: list[tuple[str, str]]) -> dict:
-    """Geometry of the run plot: evals on the left axis, training reward on the right one."""
-    width, height, left, right, top, bottom = 960, 380, 64, 64, 16, 300
+def _plot(rows: list[dict], columns: list[tuple[str, str]], train_label: str) -> dict:
+    """Geometry of the run plot: evals on the left axis, the training figure (reward or loss) on the right one."""
+    width, left, right, top, bottom = 960, 64, 64, 16, 300
     steps = [r["step"] for r in rows]
     x0, x1 = min(steps), max(steps)
     span = (x1 - x0) or 1
@@ -274,7 +280,7 @@ def _plot(rows: list[dict], columns: list[tuple[str, str]]) -> dict:
 
     series = [(f"{name} · {ds}" if ds else name, [(r["step"], r["metrics"].get((name, ds))) for r in rows], "left")
               for name, ds in columns]
-    series.append(("training reward (right axis)", [(r["step"], r["reward"]) for r in rows], "right"))
+    series.append((f"{train_label} (right axis)", [(r["step"], r["train"]) for r in rows], "right"))
     scales = {side: axis([v for _, points, s in series if s == side for _, v in points if v is not None])
               for side in ("left", "right")}
     lines = []
@@ -282,7 +288,7 @@ def _plot(rows: list[dict], columns: list[tuple[str, str]]) -> dict:
         if scales[side] is None:
             continue
         y = scales[side][1]
-        color = _REWARD_COLOR if side == "right" else _PALETTE[i % len(_PALETTE)]
+        color = _TRAIN_COLOR if side == "right" else _PALETTE[i % len(_PALETTE)]
         coords = [(round(x(s), 1), round(y(v), 1)) for s, v in points if v is not None]
         lines.append({"label": label, "color": color, "dashed": side == "right", "coords": coords,
                       "points": " ".join(f"{a},{b}" for a, b in coords)})
