@@ -431,9 +431,11 @@ def run_builder(builder: str, args, load_recipe, build, overrides: dict[str, str
 
 
 def command_line(builder: str, args, overrides: dict[str, str]) -> str:
-    """The exact command for the card: rebuilt from the parsed flags, secrets redacted."""
-    from hubtools.redact import redact_argv
-    argv = ["hubtools", "build-dataset", builder, "--recipe", str(args.recipe)]
+    """The exact command for the card: rebuilt from the parsed flags, secrets redacted, paths of this
+    machine made portable (`hubtools.redact.portable_path`)."""
+    from hubtools.redact import portable_path, redact_argv
+    paths = {"output_dir", "model"}  # flags whose value may be a path of this machine
+    argv = ["hubtools", "build-dataset", builder, "--recipe", portable_path(str(args.recipe))]
     for dest, flag in {"push_to_hub": "--push-to-hub", "output_dir": "--output-dir", "private": "--private",
                        **overrides}.items():
         value = getattr(args, dest)
@@ -443,7 +445,7 @@ def command_line(builder: str, args, overrides: dict[str, str]) -> str:
             for v in value:
                 argv += [flag, str(v)]
         elif value is not None:
-            argv += [flag, str(value)]
+            argv += [flag, portable_path(str(value)) if dest in paths else str(value)]
     return shlex.join(redact_argv(argv))
 
 

@@ -1,4 +1,5 @@
-"""Keep secrets out of cards, logs and reproduction commands: swap them for `<REDACTED>`.
+"""Keep secrets out of cards, logs and reproduction commands: swap them for `<REDACTED>`; and paths of
+this machine out of published commands (`portable_path`).
 
 A name counts as secret when it contains `secret`, `password`/`passwd`, `api_key`/`apikey`, or ends
 in a `token` component (`HF_TOKEN`, `--hub-token`). Credentials in a URL (`https://user:pass@host`,
@@ -10,7 +11,9 @@ reproduction command must keep them.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
+PROJECT = Path(__file__).resolve().parents[1]  # hubtools' checkout: a path inside it is shown relative to it
 PLACEHOLDER = "<REDACTED>"
 
 _SECRET_NAME = (r"(?:[\w.-]*?(?:secret|passw(?:or)?d|api[_-]?key)[\w.-]*"
@@ -57,3 +60,15 @@ def redact_data(obj, key: str | None = None):
     if key is not None and obj is not None and re.fullmatch(_SECRET_NAME, key, re.IGNORECASE):
         return PLACEHOLDER
     return redact(obj) if isinstance(obj, str) else obj
+
+
+def portable_path(value: str, elsewhere: str = "path/to") -> str:
+    """A path as a published command can show it: relative ones as given, absolute ones inside the project
+    relative to it, any other `<elsewhere>/<name>` — a placeholder for the reader's own, and no user name
+    or folder layout of this machine in a card."""
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        return value
+    if path.resolve().is_relative_to(PROJECT):
+        return path.resolve().relative_to(PROJECT).as_posix()
+    return f"{elsewhere}/{path.name}"

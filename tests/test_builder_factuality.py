@@ -182,8 +182,9 @@ def test_build_pushes_dataset_histogram_and_card(tmp_path, hub, tiny_model_dir, 
     for fact in ["## Sources", "| bad |", "| selfaware |", "| popqa |", "| bad: unparsable answers | 1 |",
                  "| bad: missing question | 2 |", f"![Pass rate over the k samples, before vs after selection]"
                  f"({fb.HIST_FILE})", "- `k`: `4`", "| questions | 6 | 5 |",
-                 f"hubtools build-dataset factuality --recipe {recipe_file} --push-to-hub {repo_name}"]:
+                 f"hubtools build-dataset factuality --recipe path/to/recipe.yaml --push-to-hub {repo_name}"]:
         assert fact in card.text, fact
+    assert str(tmp_path) not in card.text  # the reproduction command names no path of this machine
 
     local = load_from_disk(str(tmp_path / "out"))
     assert local["train"]["id"] == train["id"]

@@ -365,6 +365,9 @@ def test_build_end_to_end_counts_publishes_card_and_resumes_from_the_caches(tmp_
                  "- `methods`: `['Identity', 'Cite Sources']`", f"**Cite Sources**: {geo.METHODS['cite_sources'].task}",
                  f"({geo.PLOT_FILE})", "--methods identity,cite_sources --max-new-tokens 12"]:
         assert fact in card.text, fact
+    # the reproduction command shows no path of this machine: placeholders for the recipe, output and model
+    assert "--recipe path/to/recipe.yaml" in card.text and "--output-dir path/to/out" in card.text
+    assert str(tmp_path) not in card.text
 
     # a killed build resumes: everything again comes from the caches, and the same rows come out
     recipe_path = tmp_path / "recipe.yaml"

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from hubtools.redact import redact_argv
+from hubtools.redact import portable_path, redact_argv
 
 ROOT = Path(__file__).resolve().parents[1]  # the project: cards name paths relative to it
 log = logging.getLogger("hubtools.train")
@@ -206,14 +206,10 @@ def _portable(key: str, value: str) -> tuple[str, str | None]:
             return hub, None
         name = Path(value).name
         return f"path/to/{name}", f"`--{key}` was a local folder (`{name}`), not a Hub repo: pass your copy."
-    path = Path(value).expanduser()
-    if not path.is_absolute():
-        return value, None
-    if path.resolve().is_relative_to(ROOT):
-        return path.resolve().relative_to(ROOT).as_posix(), None
-    if key == "output_dir":
-        return f"runs/{path.name}", None
-    return f"path/to/{path.name}", f"`--{key}` was a local path (`{path.name}`) of the training machine: pass yours."
+    shown = portable_path(value, "runs" if key == "output_dir" else "path/to")
+    if shown != value and shown.startswith("path/to/"):
+        return shown, f"`--{key}` was a local path (`{Path(value).name}`) of the training machine: pass yours."
+    return shown, None
 
 
 def _flags(tokens: list[str]) -> dict[str, list[str]]:
