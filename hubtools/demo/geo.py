@@ -10,9 +10,10 @@ from the published SFT revision with the `geo` reward against the served engine 
 steps on the test split (the study's table of settings; results into the cards) →
 `from_pretrained(repo, revision="step-2")` rewriting a test source.
 
-What the figures mean: SmolLM2-135M as engine almost never writes `[k]` citations, so a source's
-visibility is 0 before and after nearly every rewrite, no rewrite gains, and the filter keeps none; SFT
-then trains on the rl split's unrewritten sources (the format and length of a rewrite the reward can
+What the figures mean: SmolLM2-135M as engine cites, but mostly the first results it is shown (it copies
+result [1], sometimes [2]), so a target further down stays at 0 before and after; as key-point judge it
+writes prose instead of the JSON list, so no rewrite has its key points judged and the filter keeps none.
+SFT then trains on the rl split's unrewritten sources (the format and length of a rewrite the reward can
 score, not a GEO gain), and the table shows the loop working. With a real engine: `--judge-base-url` /
 `--judge-model`.
 """
@@ -48,11 +49,13 @@ def meaning(results: dict) -> str:
     cited = any(s.score_before or s.score_after for s in results.values())
     rows = next(iter(results.values())).rows
     if not cited:
-        return ("the engine cited none of the rewritten sources in any setting (score 0 before and after): the "
-                "table shows the loop working — rewrites generated, shown to the engine, scored as the reward "
-                "scores them, written into the cards — not a GEO gain. An engine that cites nothing pays every "
-                "rewrite 0, which leaves GRPO's groups no spread to learn from; what can differ offline is how "
-                "many rewrites were not shown (empty or outside the length bounds)")
+        why = ("it cited no source at all" if all(s.uncited == 1.0 for s in results.values()) else
+               "it cited other sources, never the rewritten one: a 135M engine cites the first results it is shown")
+        return (f"the engine cited none of the rewritten sources in any setting (score 0 before and after; {why}): "
+                "the table shows the loop working — rewrites generated, shown to the engine, scored as the reward "
+                "scores them, written into the cards — not a GEO gain. An engine that never cites the rewritten "
+                "source pays every rewrite 0, which leaves GRPO's groups no spread to learn from; what can differ "
+                "offline is how many rewrites were not shown (empty or outside the length bounds)")
     return (f"{rows} test row(s) × k=1 after 2 GRPO steps: differences between settings are within the noise; "
             "the table shows the loop working, not a GEO gain")
 
