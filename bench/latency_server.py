@@ -25,7 +25,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 
-from hubtools.hubenv import free_port
+from hubtools.hubenv import free_port, stop_process
 
 SCORE = '{"score": 2}'
 
@@ -83,12 +83,7 @@ def latency_server(latency: float, *, rules: Sequence[tuple[str, str]] = (), def
                 time.sleep(0.05)
         yield f"http://127.0.0.1:{port}/v1"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 if __name__ == "__main__":

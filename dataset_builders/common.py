@@ -408,6 +408,13 @@ def add_common_arguments(parser, default_recipe: Path, what: str) -> None:
                         help="stop at the first bad source row instead of skipping and counting it")
 
 
+def add_served_arguments(parser, key: str, role: str) -> None:
+    """`--KEY-model` and `--KEY-base-url`: the served block KEY of the recipe (`check_served`), from the CLI."""
+    parser.add_argument(f"--{key}-model", help=f"the {role}'s model name, as its server serves it")
+    parser.add_argument(f"--{key}-base-url", action="append", metavar="URL",
+                        help=f"the {role}'s OpenAI-compatible server; repeat it for several servers")
+
+
 def set_overrides(recipe: dict, paths: dict[str, tuple[str, ...]], values: dict) -> None:
     """Write each value that is not None at its recipe path (`paths`: command-line dest → keys), in place."""
     for dest, value in values.items():

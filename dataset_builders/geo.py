@@ -660,12 +660,8 @@ _OVERRIDE_FLAGS = {**common.COMMON_OVERRIDES, "engine_model": "--engine-model", 
 def add_arguments(parser) -> None:
     """Flags of `hubtools build-dataset geo`; unset ones leave the recipe's value."""
     common.add_common_arguments(parser, DEFAULT_RECIPE, "GEO sample (30 queries × 5 sources)")
-    parser.add_argument("--engine-model", help="the generative engine's model name, as its server serves it")
-    parser.add_argument("--engine-base-url", action="append", metavar="URL",
-                        help="the engine's OpenAI-compatible server; repeat it for several servers")
-    parser.add_argument("--judge-model", help="the key-point judge's model name, as its server serves it")
-    parser.add_argument("--judge-base-url", action="append", metavar="URL",
-                        help="the judge's OpenAI-compatible server; repeat it for several servers")
+    common.add_served_arguments(parser, "engine", "generative engine")
+    common.add_served_arguments(parser, "judge", "key-point judge")
     parser.add_argument("--methods", metavar="M1,M2",
                         help=f"comma-separated rewrite methods (recipe default: all); known: {', '.join(METHODS)}")
     parser.add_argument("--max-new-tokens", type=int, help="tokens per rewrite")

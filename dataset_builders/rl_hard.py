@@ -458,12 +458,8 @@ _OVERRIDE_FLAGS = {**common.COMMON_OVERRIDES, "judge_model": "--judge-model", "j
 def add_arguments(parser) -> None:
     """Flags of `hubtools build-dataset rl_hard`; unset ones leave the recipe's value."""
     common.add_common_arguments(parser, DEFAULT_RECIPE, "refiner sample")
-    parser.add_argument("--judge-model", help="the judge's model name, as its server serves it")
-    parser.add_argument("--judge-base-url", action="append", metavar="URL",
-                        help="the judge's OpenAI-compatible server; repeat it for several servers")
-    parser.add_argument("--writer-model", help="the rubric writer's model name, as its server serves it")
-    parser.add_argument("--writer-base-url", action="append", metavar="URL",
-                        help="the rubric writer's OpenAI-compatible server; repeat it for several servers")
+    common.add_served_arguments(parser, "judge", "judge")
+    common.add_served_arguments(parser, "writer", "rubric writer")
     parser.add_argument("--k", type=int, help="policy samples per row (recipe default 8)")
     parser.add_argument("--n", type=int, help="rows to keep (select.n)")
     parser.add_argument("--max-new-tokens", type=int, help="tokens per policy sample")

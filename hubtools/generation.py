@@ -28,7 +28,7 @@ from typing import Any, Iterator
 
 from tqdm.auto import tqdm
 
-from hubtools.hubenv import free_port
+from hubtools.hubenv import free_port, stop_process
 
 log = logging.getLogger(__name__)
 
@@ -447,12 +447,7 @@ def serve_transformers(model_path: str | Path | None = None, port: int | None = 
             _wait_healthy(proc, f"http://127.0.0.1:{port}/health", startup_timeout, out)
             yield f"http://127.0.0.1:{port}/v1"
         finally:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc, 15)
 
 
 def _wait_healthy(proc: subprocess.Popen, url: str, timeout: float, out) -> None:
