@@ -1,4 +1,4 @@
-"""`hubtools demo geo`: the GEO loop offline on a CPU, in 7-8 minutes.
+"""`hubtools demo geo`: the GEO loop offline on a CPU, in about 7 minutes.
 
 local hub → `transformers serve` of the packaged SmolLM2-135M-Instruct as the simulated generative engine
 and key-point judge → `build-dataset geo` on the first 8 bundled queries (dataset_builders/recipes/geo_demo.yaml:
