@@ -505,6 +505,12 @@ def identity_row(item: dict) -> dict:
             "support_original": 1.0, "support_rewrite": 1.0, "contradictions": 0}
 
 
+def method_label(row: dict) -> str:
+    """A method's name in the figure, with the mean support of the original's key points (or why none)."""
+    support = row["support_original"]
+    return f"{row['method']} (support {support:.2f})" if support is not None else f"{row['method']} (key points not judged)"
+
+
 def card_info(recipe: dict, stats: dict, models: dict[str, str], repro_command: str) -> dict:
     """Dataset-card run info (model_cards.render_dataset_card keys)."""
     from hubtools.judge import STATS
@@ -559,8 +565,8 @@ def card_info(recipe: dict, stats: dict, models: dict[str, str], repro_command: 
     return common.card_info(recipe, stats, kept=stats["train"], tags=["geo", "generative-engine-optimization", "sft",
                                                                        "grpo"],
                             description=description, build_params=build_params,
-                            image=(PLOT_FILE, "Per method: mean gain of the target's position-adjusted word share vs "
-                                              "mean share of the original's key points the rewrite supports"),
+                            image=(PLOT_FILE, "Per method: mean gain of the target's position-adjusted word share, "
+                                              "with the mean share of the original's key points the rewrite supports"),
                             repro_command=repro_command)
 
 
@@ -574,7 +580,7 @@ def build(recipe: dict, *, push_to_hub: str | None = None, output_dir: str | Pat
 
     from hubtools.geo_engine import Engine
     from hubtools.generation import make_generator
-    from hubtools.plots import scatter
+    from hubtools.plots import gain_bars
 
     recipe = apply_overrides(recipe, **overrides)
     repro_command = repro_command or common.own_command()
@@ -636,10 +642,9 @@ def build(recipe: dict, *, push_to_hub: str | None = None, output_dir: str | Pat
     models = {"rewriter": rewriter, "backend": backend, "engine": model_label(engine.judge.model),
               "judge": model_label(judge.model)}
     info = card_info(recipe, stats, models, repro_command)
-    points = {r["method"]: (r["gain word_position"], r["support_original"]) for r in table
-              if r["gain word_position"] is not None and r["support_original"] is not None}
-    png = scatter(points, "GEO methods: visibility gain vs key points kept",
-                  "mean gain of the target's position-adjusted word share", "mean support of the original's key points")
+    png = gain_bars({method_label(r): r["gain word_position"] for r in table if r["gain word_position"] is not None},
+                    "GEO methods: visibility gain of the rewritten source",
+                    "mean gain of its position-adjusted word share in the engine's answer")
     common.write_outputs(NAME, dd, recipe, {PLOT_FILE: png}, info, push_to_hub=push_to_hub, output_dir=output_dir,
                          private=private)
     _say(f"kept {len(kept)} of {len(measured)} measured rewrites ({len(pairs)} asked); train {len(splits['train'])}, "

@@ -1,4 +1,4 @@
-"""PNG plots for cards: reward curves, pass-rate histograms, eval breakdowns, trade-off frontiers.
+"""PNG plots for cards: reward curves, pass-rate histograms, eval breakdowns, trade-off frontiers, gains.
 
 Why one module: every card that shows a figure gets it from here, rendered headless (Agg) to bytes
 that go straight into a Hub commit.
@@ -72,6 +72,21 @@ def stacked_bars(rows: dict[str, dict[str, float]], title: str, ylabel: str) -> 
         bottom = [b + v for b, v in zip(bottom, values)]
     ax.set(title=title, ylabel=ylabel)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
+    return _png(fig)
+
+
+def gain_bars(gains: dict[str, float], title: str, xlabel: str) -> bytes:
+    """One horizontal bar per label from a zero line, gains green and losses red (e.g. per GEO method)."""
+    plt = _figure()
+    labels = list(gains)
+    fig, ax = plt.subplots(figsize=(6.5, 0.35 * len(labels) + 1.2))
+    ax.barh(range(len(labels)), [gains[k] for k in labels],
+            color=["#16a34a" if gains[k] > 0 else "#dc2626" for k in labels])
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.axvline(0, color="gray", linewidth=0.8)
+    ax.set(title=title, xlabel=xlabel)
+    ax.grid(axis="x", alpha=0.3)
     return _png(fig)
 
 

@@ -379,6 +379,11 @@ def test_build_end_to_end_counts_publishes_card_and_resumes_from_the_caches(tmp_
     assert stats["methods"][1]["measured"] == 3 and stats["refused"] == {}
 
 
+def test_figure_labels_say_the_support_or_why_there_is_none():
+    assert geo.method_label({"method": "Identity", "support_original": 1.0}) == "Identity (support 1.00)"
+    assert geo.method_label({"method": "Cite Sources", "support_original": None}) == "Cite Sources (key points not judged)"
+
+
 def test_help_and_a_test_range_without_rows(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["build-dataset", "geo", "--help"])
