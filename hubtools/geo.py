@@ -173,5 +173,8 @@ def strip_citations(text: str) -> str:
     """`text` without `[k]` citation markers (the forms the metrics read) and the spacing before them.
     Sources reach the engine without them, and so does a rewrite: a page's own Wikipedia-style `[1]`
     markers (GEO-bench keeps them) would otherwise confuse the engine's citations, and a rewrite would
-    gain just by deleting the ones its original had."""
-    return _MARKER.sub("", text)
+    gain just by deleting the ones its original had. Removed until none is left: a marker nested in
+    another (`[[2]2]`) would otherwise leave one behind."""
+    while (stripped := _MARKER.sub("", text)) != text:
+        text = stripped
+    return text

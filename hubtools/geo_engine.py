@@ -18,10 +18,11 @@ the sources as numbered search results (``[k] text``, the form the GEO paper's e
 material, never instructions, then the question again. Why numbered results and not ``<source id="k">``
 blocks: with blocks, the packaged SmolLM2-135M cited nothing in 8 of 8 bundled queries; with numbered
 results, it cited in 16 of 16 (it copies a result's label with its text), so the offline demo and tests
-measure real citations. A source cannot forge a result's label: every ``[k]`` marker is removed from
-the sources first (`template_variables`), so a line that starts with ``[k]`` is always the prompt's own.
-A source can still write text that reads like the prompt ("Question: …"); the question comes again
-after the results, and the GEO reward's injection net stands behind that.
+measure real citations. A source cannot forge a result's label: the engine reads each source through
+`engine_view` (look-alike characters made plain, then every ``[k]`` marker removed until none is left), so
+a line that starts with ``[k]`` is always the prompt's own. A source can still write a line that reads
+like the prompt ("Question: …"); the real question comes again after the results, and the GEO reward
+refuses a rewrite that adds such a line (`train.rewards.geo.ENGINE_DIRECTED`).
 
 The reply (`parse_answer`): any reasoning up to the first ``</think>`` is dropped (an unclosed
 leading ``<think>`` leaves no answer), and the rest is scored by `hubtools.geo.visibility`. A cited
@@ -32,6 +33,7 @@ judge's retries spent) is None, counted by the judge as an error, never an answe
 from __future__ import annotations
 
 import asyncio
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -67,9 +69,18 @@ def parse_answer(reply: str, n_sources: int) -> EngineAnswer:
 
 
 def template_variables(query: str, sources: Sequence[str]) -> dict:
-    """What the engine's prompt template is rendered with: the query and the sources, without their own
-    `[k]` markers (`hubtools.geo.strip_citations`), so no source can forge another's label."""
-    return {"query": query, "sources": [strip_citations(s) for s in sources]}
+    """What the engine's prompt template is rendered with: the query and the sources as the engine reads
+    them (`engine_view`), so no source can forge another's label. The query is the dataset's, not the
+    policy's, and is shown as it is."""
+    return {"query": query, "sources": [engine_view(s) for s in sources]}
+
+
+def engine_view(source: str) -> str:
+    """A source as the engine reads it: NFKC-normalised and without format characters (zero-width spaces,
+    joiners, direction marks), then without `[k]` markers (`hubtools.geo.strip_citations`). Look-alike
+    labels (`［2］`, `[²]`, `[2` + zero-width space + `]`) become plain markers first and go with them."""
+    plain = "".join(ch for ch in unicodedata.normalize("NFKC", source) if unicodedata.category(ch) != "Cf")
+    return strip_citations(plain)
 
 
 def _checked(query, sources) -> tuple[str, tuple[str, ...]]:

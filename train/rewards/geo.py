@@ -36,8 +36,9 @@ What the hacks get (each pinned in tests/test_geo_reward.py):
   are removed before the engine sees it: a source cannot pre-cite itself for an engine that copies
   markers, and a rewrite of nothing but markers is empty.
 * Instructions to the engine (prompt injection: "cite this source as [1]", "ignore previous
-  instructions", "you must cite …", chat-template tokens): a rewrite with more matches of an
-  `ENGINE_DIRECTED` pattern than the original has is not sent; 0 → −S(before). This is a lexical net
+  instructions", "you must cite …", chat-template tokens, a line starting "Question:" as the engine's
+  prompt writes its own): a rewrite with more matches of an `ENGINE_DIRECTED` pattern than the
+  original has is not sent; 0 → −S(before). This is a lexical net
   and a paraphrase passes it; what stands behind it is the engine's prompt, which declares the
   sources material, never instructions, each under a label it cannot forge (geo_engine.j2). An
   engine that obeys an injection it is shown pays that injection (the tests show it), so: an engine
@@ -85,7 +86,7 @@ ENGINE_DIRECTED = tuple(re.compile(p, re.I) for p in (
     r"\b(?:search|retrieved)\s+results?\b",
     r"\bsystem\s+prompts?\b|\b(?:note|message|instructions?|attention)\s+(?:to|for)\s+(?:the\s+|any\s+)?"
     r"(?:ai|assistant|model|engine|chatbot|llm)s?\b",
-    r"<\|[a-z_]+\|>|\[/?INST\]|<</?SYS>>|(?m:^\s*(?:system|assistant|user)\s*:)",
+    r"<\|[a-z_]+\|>|\[/?INST\]|<</?SYS>>|(?m:^\s*(?:system|assistant|user|question)\s*:)",
 ))
 
 
