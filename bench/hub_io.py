@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from hubtools.hubenv import free_port
+from hubtools.hubenv import free_port, stop_process
 
 
 
@@ -138,8 +138,7 @@ def main() -> None:
         rss = peak_rss_mib(server.pid)
         sha_s = timed(lambda: hashlib.file_digest(open(src, "rb"), "sha256"))
     finally:
-        server.terminate()
-        server.wait()
+        stop_process(server)
         shutil.rmtree(work, ignore_errors=True)
 
     mib = size / (1 << 20)

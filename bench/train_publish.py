@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from hubtools.hubenv import free_port
+from hubtools.hubenv import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 _RUN = """
@@ -74,8 +74,7 @@ def main() -> None:
             published.append(run(common + ["--output_dir", str(work / f"pub{i}"), "--publish_repo", f"bench/run{i}"],
                                  env))
     finally:
-        hub.terminate()
-        hub.wait()
+        stop_process(hub)
     saves = args.steps // args.save_steps
     print(f"{args.steps} GRPO steps of a Qwen3 (hidden {args.hidden}, {args.layers} layers), a checkpoint every "
           f"{args.save_steps} steps ({saves} saves), {args.repeats} interleaved runs each")

@@ -372,12 +372,12 @@ def say(builder: str, text: str) -> None:
 
 
 def own_command() -> str:
-    """This process's command line, secrets redacted: the reproduction command of a `build` called
-    from Python."""
+    """This process's command line, secrets redacted and paths of this machine made portable: the
+    reproduction command of a `build` called from Python."""
     import sys
 
-    from hubtools.redact import redact_argv
-    return shlex.join(redact_argv([Path(sys.argv[0]).name, *sys.argv[1:]]))
+    from hubtools.redact import portable_path, redact_argv
+    return shlex.join(redact_argv([Path(sys.argv[0]).name, *map(portable_path, sys.argv[1:])]))
 
 
 # -- command line ---------------------------------------------------------------------------
@@ -439,9 +439,9 @@ def run_builder(builder: str, args, load_recipe, build, overrides: dict[str, str
 
 def command_line(builder: str, args, overrides: dict[str, str]) -> str:
     """The exact command for the card: rebuilt from the parsed flags, secrets redacted, paths of this
-    machine made portable (`hubtools.redact.portable_path`)."""
+    machine made portable (`hubtools.redact.portable_path`: the recipe, --output-dir, a local model folder
+    as --model or as a served model's name)."""
     from hubtools.redact import portable_path, redact_argv
-    paths = {"output_dir", "model"}  # flags whose value may be a path of this machine
     argv = ["hubtools", "build-dataset", builder, "--recipe", portable_path(str(args.recipe))]
     for dest, flag in {"push_to_hub": "--push-to-hub", "output_dir": "--output-dir", "private": "--private",
                        **overrides}.items():
@@ -450,9 +450,9 @@ def command_line(builder: str, args, overrides: dict[str, str]) -> str:
             argv.append(flag)
         elif isinstance(value, list):  # a repeated flag
             for v in value:
-                argv += [flag, str(v)]
+                argv += [flag, portable_path(str(v))]
         elif value is not None:
-            argv += [flag, portable_path(str(value)) if dest in paths else str(value)]
+            argv += [flag, portable_path(str(value))]
     return shlex.join(redact_argv(argv))
 
 

@@ -508,7 +508,7 @@ def identity_row(item: dict) -> dict:
 def method_label(row: dict) -> str:
     """A method's name in the figure, with the mean support of the original's key points (or why none)."""
     support = row["support_original"]
-    return f"{row['method']} (support {support:.2f})" if support is not None else f"{row['method']} (key points not judged)"
+    return f"{row['method']} ({'key points not judged' if support is None else f'support {support:.2f}'})"
 
 
 def card_info(recipe: dict, stats: dict, models: dict[str, str], repro_command: str) -> dict:

@@ -66,9 +66,9 @@ _templates = SandboxedEnvironment(loader=jinja2.PackageLoader("hubtools", "promp
 
 def render(template: str, **variables) -> str:
     """Render the packaged prompt `template` (hubtools/prompts/TEMPLATE.j2), its material fenced: in every
-    text variable, a tag that opens or closes one of the template's own blocks (`<response>`, `</source>`,
+    text variable, a tag that opens or closes one of the template's own blocks (`<response>`, `</text>`,
     any case or spacing) has its `<` written `&lt;`, so an answer cannot close its block and pose as the
-    criterion, another source or an instruction."""
+    criterion, another text or an instruction."""
     try:
         compiled = _templates.get_template(f"{template}.j2")
     except jinja2.TemplateNotFound:

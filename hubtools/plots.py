@@ -76,12 +76,12 @@ def stacked_bars(rows: dict[str, dict[str, float]], title: str, ylabel: str) -> 
 
 
 def gain_bars(gains: dict[str, float], title: str, xlabel: str) -> bytes:
-    """One horizontal bar per label from a zero line, gains green and losses red (e.g. per GEO method)."""
+    """One horizontal bar per label from a zero line, gains green, losses red, none gray (e.g. per GEO method)."""
     plt = _figure()
     labels = list(gains)
     fig, ax = plt.subplots(figsize=(6.5, 0.35 * len(labels) + 1.2))
     ax.barh(range(len(labels)), [gains[k] for k in labels],
-            color=["#16a34a" if gains[k] > 0 else "#dc2626" for k in labels])
+            color=["#16a34a" if gains[k] > 0 else "#dc2626" if gains[k] < 0 else "#9ca3af" for k in labels])
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
     ax.invert_yaxis()
     ax.axvline(0, color="gray", linewidth=0.8)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-PROJECT = Path(__file__).resolve().parents[1]  # hubtools' checkout: a path inside it is shown relative to it
+from hubtools import PROJECT
 PLACEHOLDER = "<REDACTED>"
 
 _SECRET_NAME = (r"(?:[\w.-]*?(?:secret|passw(?:or)?d|api[_-]?key)[\w.-]*"

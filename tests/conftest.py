@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from hubtools.hubenv import free_port
+from hubtools.hubenv import free_port, stop_process
 
 
 
@@ -73,8 +73,7 @@ class HubProcess:
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
+            stop_process(self.proc)
 
 
 @pytest.fixture(scope="session")

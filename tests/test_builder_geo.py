@@ -367,6 +367,7 @@ def test_build_end_to_end_counts_publishes_card_and_resumes_from_the_caches(tmp_
         assert fact in card.text, fact
     # the reproduction command shows no path of this machine: placeholders for the recipe, output and model
     assert "--recipe path/to/recipe.yaml" in card.text and "--output-dir path/to/out" in card.text
+    assert f"--judge-model path/to/{model.rstrip('/').rsplit('/', 1)[-1]}" in card.text  # a served local folder
     assert str(tmp_path) not in card.text
 
     # a killed build resumes: everything again comes from the caches, and the same rows come out
@@ -381,7 +382,8 @@ def test_build_end_to_end_counts_publishes_card_and_resumes_from_the_caches(tmp_
 
 def test_figure_labels_say_the_support_or_why_there_is_none():
     assert geo.method_label({"method": "Identity", "support_original": 1.0}) == "Identity (support 1.00)"
-    assert geo.method_label({"method": "Cite Sources", "support_original": None}) == "Cite Sources (key points not judged)"
+    unjudged = {"method": "Cite Sources", "support_original": None}
+    assert geo.method_label(unjudged) == "Cite Sources (key points not judged)"
 
 
 def test_help_and_a_test_range_without_rows(tmp_path, capsys):

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from huggingface_hub import DatasetCard, ModelCard
 
-from hubtools.redact import PROJECT, portable_path, redact, redact_argv, redact_data
+from hubtools import PROJECT
+from hubtools.redact import portable_path, redact, redact_argv, redact_data
 from model_cards import load_run_info, render_dataset_card, render_model_card
 
 SEED = Path(__file__).resolve().parents[1] / "examples" / "grpo_step_card.yaml"
@@ -178,7 +179,8 @@ def test_redact_argv_and_data():
 
 
 def test_portable_path_shows_no_path_of_this_machine():
-    assert portable_path(str(PROJECT / "dataset_builders" / "recipes" / "geo.yaml")) == "dataset_builders/recipes/geo.yaml"
+    recipe = PROJECT / "dataset_builders" / "recipes" / "geo.yaml"
+    assert portable_path(str(recipe)) == "dataset_builders/recipes/geo.yaml"
     assert portable_path("/home/alice/exp/recipe.yaml") == "path/to/recipe.yaml"
     assert portable_path("/scratch/alice/run7", "runs") == "runs/run7"
     assert portable_path("recipes/mine.yaml") == "recipes/mine.yaml"  # relative: as given

@@ -67,6 +67,23 @@ def test_verdict_counts_a_move_only_beyond_the_seed_noise_and_one_sample():
     assert verdict("step-4", {}) == "nothing moved beyond the noise between the base model and step-4"
 
 
+def test_geo_meaning_names_why_the_rewritten_source_was_never_cited():
+    from hubtools.demo.geo import meaning
+    from hubtools.eval.geo import GeoScores
+    zero = {"word": 0.0, "word_position": 0.0, "position": 0.0}
+
+    def table(uncited: float, empty: int = 0) -> dict:
+        return {"RL-2": GeoScores(rows=2, k=1, rewrites=2, before=zero, after=zero, gain_pct=dict.fromkeys(zero),
+                                  score_before=0.0, score_after=0.0, improved=0.0, uncited=uncited,
+                                  not_shown={"empty": empty, "length": 0, "injection": 0}, engine_failures=0,
+                                  weights={"word": 1.0})}
+    assert "no rewrite was shown to it" in meaning(table(0.0, empty=2), packaged_engine=True)
+    assert "it cited no source at all" in meaning(table(1.0), packaged_engine=True)
+    assert "a 135M engine cites the first results" in meaning(table(0.0), packaged_engine=True)
+    other = meaning(table(0.0), packaged_engine=False)  # a served engine of the user's: no claim about its size
+    assert "it cited other sources, never the rewritten one)" in other and "135M" not in other
+
+
 def test_rl_hard_demo_runs_the_whole_loop(tmp_path, served):
     """SFT of the small policy → rubric dataset → 2 GRPO step revisions → eval into their cards → from_pretrained."""
     base_url, judge_model = served

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from hubtools import PROJECT as ROOT  # cards name paths relative to the project
 from hubtools.redact import portable_path, redact_argv
 
-ROOT = Path(__file__).resolve().parents[1]  # the project: cards name paths relative to it
 log = logging.getLogger("hubtools.train")
 _HUB_REV = re.compile(r"^(?P<repo>[\w.-]+/[\w.-]+)@(?P<rev>.+)$")
 

@@ -44,13 +44,18 @@ def sft_split(stats: dict) -> tuple[str, str]:
                   "about as long as the source), not a GEO gain")
 
 
-def meaning(results: dict) -> str:
-    """What the eval table shows, from its figures."""
+def meaning(results: dict, packaged_engine: bool) -> str:
+    """What the eval table shows, from its figures; `packaged_engine`: the engine is the packaged SmolLM2."""
     cited = any(s.score_before or s.score_after for s in results.values())
     rows = next(iter(results.values())).rows
     if not cited:
-        why = ("it cited no source at all" if all(s.uncited == 1.0 for s in results.values()) else
-               "it cited other sources, never the rewritten one: a 135M engine cites the first results it is shown")
+        if all(s.rewrites == sum(s.not_shown.values()) for s in results.values()):
+            why = "no rewrite was shown to it"
+        elif all(s.uncited == 1.0 for s in results.values()):
+            why = "it cited no source at all"
+        else:
+            why = "it cited other sources, never the rewritten one" + (
+                ": a 135M engine cites the first results it is shown" if packaged_engine else "")
         return (f"the engine cited none of the rewritten sources in any setting (score 0 before and after; {why}): "
                 "the table shows the loop working — rewrites generated, shown to the engine, scored as the reward "
                 "scores them, written into the cards — not a GEO gain. An engine that never cites the rewritten "
@@ -136,7 +141,7 @@ def run(path: str | None = None, quick: bool = False, serve: bool = False, judge
             write_cards={label: rev for label, (repo, rev) in settings.items() if repo != policy})
         print(geo_eval.markdown_table(results))
         print(f"engine calls: {engine.judge.stats('geo_engine')}")
-        print(f"what the figures mean: {meaning(results)}")
+        print(f"what the figures mean: {meaning(results, packaged_engine=judge_model == policy)}")
 
     last = revisions[-1]
     stage(f"downstream: from_pretrained({MODEL_REPO!r}, revision={last!r}) rewrites a test source")
