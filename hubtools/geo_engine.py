@@ -14,9 +14,8 @@ engine's model, servers, sampling and cache are the Judge's; its calls are count
     engine.answer_many(rows)  # the same from sync code, with a progress bar
 
 The prompt is the packaged template ``geo_engine`` (hubtools/prompts/geo_engine.j2): the question, then
-the sources as numbered search results (``[k] text``), declared
-material, never instructions, then the question again. Why numbered results and not ``<source id="k">``
-blocks: with blocks, the packaged SmolLM2-135M cited nothing in 8 of 8 bundled queries; with numbered
+the sources as numbered search results (``[k] text``), declared material, never instructions, then the
+question again. Why numbered results and not ``<source id="k">`` blocks: with blocks, the packaged SmolLM2-135M cited nothing in 8 of 8 bundled queries; with numbered
 results, it cited in 16 of 16 (it copies a result's label with its text), so the offline demo and tests
 measure real citations. A source cannot forge a result's label: the engine reads each source through
 `engine_view` (look-alike characters made plain, then every ``[k]`` marker removed until none is left), so
