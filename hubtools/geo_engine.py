@@ -15,13 +15,14 @@ engine's model, servers, sampling and cache are the Judge's; its calls are count
 
 The prompt is the packaged template ``geo_engine`` (hubtools/prompts/geo_engine.j2): the question, then
 the sources as numbered search results (``[k] text``), declared material, never instructions, then the
-question again. Why numbered results and not ``<source id="k">`` blocks: with blocks, the packaged SmolLM2-135M cited nothing in 8 of 8 bundled queries; with numbered
-results, it cited in 16 of 16 (it copies a result's label with its text), so the offline demo and tests
-measure real citations. A source cannot forge a result's label: the engine reads each source through
-`engine_view` (look-alike characters made plain, then every ``[k]`` marker removed until none is left), so
-a line that starts with ``[k]`` is always the prompt's own. A source can still write a line that reads
-like the prompt ("Question: …"); the real question comes again after the results, and the GEO reward
-refuses a rewrite that adds such a line (`train.rewards.geo.ENGINE_DIRECTED`).
+question again. Why numbered results and not ``<source id="k">`` blocks: with blocks, the packaged
+SmolLM2-135M cited nothing in 8 of 8 bundled queries; with numbered results, it cited in 16 of 16 (it
+copies a result's label with its text), so the offline demo and tests measure real citations. A source
+cannot forge a result's label: the engine reads each source through `engine_view` (look-alike characters
+made plain, then every ``[k]`` marker removed until none is left), so a line that starts with ``[k]`` is
+always the prompt's own. A source can still write a line that reads like the prompt ("Question: …"); the
+real question comes again after the results, and the GEO reward refuses a rewrite that adds such a line
+(`train.rewards.geo.ENGINE_DIRECTED`).
 
 The reply (`parse_answer`): any reasoning up to the first ``</think>`` is dropped (an unclosed
 leading ``<think>`` leaves no answer), and the rest is scored by `hubtools.geo.visibility`. A cited
