@@ -371,6 +371,12 @@ def say(builder: str, text: str) -> None:
     print(f"[{builder}] {text}", flush=True)
 
 
+def say_loaded(builder: str, by_source: dict[str, list], skipped: Counter) -> None:
+    """The `load_sources` outcome on the console: rows per source, and the bad rows skipped, by reason."""
+    say(builder, "loaded " + ", ".join(f"{name}: {len(items)}" for name, items in by_source.items())
+        + (f"; skipped {sum(skipped.values())} bad row(s): {dict(skipped)}" if skipped else ""))
+
+
 def own_command() -> str:
     """This process's command line, secrets redacted and paths of this machine made portable: the
     reproduction command of a `build` called from Python."""

@@ -310,8 +310,7 @@ def build(recipe: dict, *, push_to_hub: str | None = None, output_dir: str | Pat
     repro_command = repro_command or common.own_command()
 
     by_source, skipped = load_sources(recipe)
-    _say("loaded " + ", ".join(f"{name}: {len(qs)}" for name, qs in by_source.items())
-         + (f"; skipped {sum(skipped.values())} bad row(s): {dict(skipped)}" if skipped else ""))
+    common.say_loaded(NAME, by_source, skipped)
     questions = mix_evenly(by_source, recipe["per_source"], recipe["seed"])
     per_source = len(questions) // len(by_source)
     prompts = [make_prompt(recipe["system_prompt"], q.question) for q in questions]

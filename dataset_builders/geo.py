@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import statistics
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -65,6 +64,7 @@ from pathlib import Path
 from dataset_builders import common
 from hubtools.models import model_label
 from dataset_builders.common import BadRow, get_column, is_int, is_num, require, short
+from hubtools.aggregate import mean
 from hubtools.geo import METRICS
 from hubtools.tasks import GEO
 
@@ -427,20 +427,15 @@ def filter_reasons(pair: dict, f: dict) -> list[str]:
     return reasons
 
 
-def _mean(values, digits: int = 4) -> float | None:
-    values = [v for v in values if v is not None]
-    return round(statistics.fmean(values), digits) if values else None
-
-
 def summarize(pairs: list[dict]) -> dict:
     """What the card's filter table shows over measured pairs, before and after filtering."""
     judged = [p for p in pairs if p["support_original"] is not None]
     return {
         "rewrites": len(pairs),
-        **{f"mean {m} gain": _mean(gains(p)[m] for p in pairs) for m in METRICS},
+        **{f"mean {m} gain": mean((gains(p)[m] for p in pairs), 4) for m in METRICS},
         "rewrites with key points judged": len(judged),
-        "mean support_original": _mean(p["support_original"] for p in judged),
-        "mean support_rewrite": _mean(p["support_rewrite"] for p in judged),
+        "mean support_original": mean((p["support_original"] for p in judged), 4),
+        "mean support_rewrite": mean((p["support_rewrite"] for p in judged), 4),
         "rewrites with a contradiction": sum(p["contradictions"] > 0 for p in judged),
     }
 
@@ -455,11 +450,11 @@ def method_table(pairs: list[dict], methods: list[str]) -> list[dict]:
         judged = [p for p in measured if p["support_original"] is not None]
         rows.append({
             "method": METHODS[m].name, "rewrites": len(mine), "measured": len(measured),
-            **{f"gain {k}": _mean((gains(p)[k] for p in measured), 3) for k in METRICS},
-            "improved (all 3)": _mean((float(all(g > 0 for g in gains(p).values())) for p in measured), 3),
-            "support_original": _mean((p["support_original"] for p in judged), 3),
-            "support_rewrite": _mean((p["support_rewrite"] for p in judged), 3),
-            "contradicted": _mean((float(p["contradictions"] > 0) for p in judged), 3),
+            **{f"gain {k}": mean((gains(p)[k] for p in measured), 3) for k in METRICS},
+            "improved (all 3)": mean((float(all(g > 0 for g in gains(p).values())) for p in measured), 3),
+            "support_original": mean((p["support_original"] for p in judged), 3),
+            "support_rewrite": mean((p["support_rewrite"] for p in judged), 3),
+            "contradicted": mean((float(p["contradictions"] > 0) for p in judged), 3),
             "kept": sum(p["kept"] for p in measured)})
     return rows
 
@@ -586,8 +581,7 @@ def build(recipe: dict, *, push_to_hub: str | None = None, output_dir: str | Pat
     repro_command = repro_command or common.own_command()
     by_source, skipped = load_sources(recipe)
     rows = [r for rs in by_source.values() for r in rs]
-    _say("loaded " + ", ".join(f"{name}: {len(rs)}" for name, rs in by_source.items())
-        + (f"; skipped {sum(skipped.values())} bad row(s): {dict(skipped)}" if skipped else ""))
+    common.say_loaded(NAME, by_source, skipped)
     t = recipe["test_rows"]
     train_rows, test_rows = split_by_index(rows, t["start"], t["end"])
     if not test_rows or not train_rows:

@@ -27,6 +27,7 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError, model_valid
 from dataset_builders import common
 from hubtools.models import model_label
 from dataset_builders.common import BadRow, get_column, is_int, require, short
+from hubtools.aggregate import mean
 from hubtools.citations import source_ids
 from hubtools.tasks import RL_HARD
 
@@ -292,17 +293,12 @@ def select_rows(rows: list[dict], n: int | None, rule: str = RULES[0]) -> list[d
     return pool if n is None else pool[:n]
 
 
-def _mean(values) -> float | None:
-    values = list(values)
-    return round(statistics.fmean(values), 4) if values else None
-
-
 def summarize(rows: list[dict]) -> dict:
     """What the card's filter table shows, before and after selection."""
     return {
         "rows": len(rows),
-        "mean score": _mean(r["mean_score"] for r in rows),
-        "mean score std over the k samples": _mean(r["score_std"] for r in rows),
+        "mean score": mean((r["mean_score"] for r in rows), 4),
+        "mean score std over the k samples": mean((r["score_std"] for r in rows), 4),
         "varied rows (score std > 0)": sum(r["score_std"] > 0 for r in rows),
         "rows with mean score 0": sum(r["mean_score"] == 0 for r in rows),
         "samples scored": sum(r["scored"] for r in rows),
@@ -310,8 +306,8 @@ def summarize(rows: list[dict]) -> dict:
         "samples without an answer (0, judge not asked)": sum(r["no_answer"] for r in rows),
         "rubric sets generated": sum(r["rubric_source"] == "generated" for r in rows),
         "rubric sets from the reference": sum(r["rubric_source"] == "reference" for r in rows),
-        "positive rubrics per row (mean)": _mean(len(r["positive_rubrics"]) for r in rows),
-        "negative rubrics per row (mean)": _mean(len(r["negative_rubrics"]) for r in rows),
+        "positive rubrics per row (mean)": mean((len(r["positive_rubrics"]) for r in rows), 4),
+        "negative rubrics per row (mean)": mean((len(r["negative_rubrics"]) for r in rows), 4),
         "instance rubrics (total)": sum(len(r["positive_rubrics"]) + len(r["negative_rubrics"]) for r in rows),
     }
 
@@ -387,8 +383,7 @@ def build(recipe: dict, *, push_to_hub: str | None = None, output_dir: str | Pat
 
     by_source, skipped = load_sources(recipe)
     rows = [r for rs in by_source.values() for r in rs]
-    _say("loaded " + ", ".join(f"{name}: {len(rs)}" for name, rs in by_source.items())
-        + (f"; skipped {sum(skipped.values())} bad row(s): {dict(skipped)}" if skipped else ""))
+    common.say_loaded(NAME, by_source, skipped)
 
     writer = common.make_judge(recipe, "rubric_writer")
     rubric_counts = attach_rubrics(writer, rows, recipe["prefer_reference_rubrics"])

@@ -30,6 +30,7 @@ import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hubtools.aggregate import mean
 from hubtools.eval import common
 from hubtools.models import model_label
 from hubtools.geo import METRICS, REWARD_WEIGHTS
@@ -70,11 +71,6 @@ class GeoScores:
         return out
 
 
-def _mean(values) -> float | None:
-    values = [v for v in values if v is not None]
-    return sum(values) / len(values) if values else None
-
-
 def summarize(scored: list, rows: int, k: int, weights: dict[str, float], checks: list | None = None) -> GeoScores:
     """The aggregates over one setting's scored rewrites (`train.rewards.geo.Scored`) and, with
     --keypoints, their key-point checks (None where a rewrite was not shown or not fully judged)."""
@@ -83,20 +79,20 @@ def summarize(scored: list, rows: int, k: int, weights: dict[str, float], checks
     if not pairs:
         raise ValueError(f"the engine answered none of the {len(scored)} rewrites (every call failed): check the "
                          "engine's model and servers (--judge-model, --judge-base-url)")
-    before = {m: _mean(s.before[m] for s in pairs) for m in METRICS}
-    after = {m: _mean(s.after[m] for s in pairs) for m in METRICS}
+    before = {m: mean(s.before[m] for s in pairs) for m in METRICS}
+    after = {m: mean(s.after[m] for s in pairs) for m in METRICS}
     shown = [s for s in pairs if s.flag is None]
     judged = [c for c in (checks or []) if c is not None]
     keypoints = {} if checks is None else {
-        "support_original": _mean(c["support_original"] for c in judged),
-        "support_rewrite": _mean(c["support_rewrite"] for c in judged),
-        "contradictions": _mean(c["contradictions"] for c in judged),
+        "support_original": mean(c["support_original"] for c in judged),
+        "support_rewrite": mean(c["support_rewrite"] for c in judged),
+        "contradictions": mean(c["contradictions"] for c in judged),
         "keypoints_unjudged": sum(c is None and s.flag is None for c, s in zip(checks, scored))}
     return GeoScores(
         rows=rows, k=k, rewrites=len(pairs), before=before, after=after,
         gain_pct={m: 100 * (after[m] - before[m]) / before[m] if before[m] else None for m in METRICS},
-        score_before=_mean(score(s.before, weights) for s in pairs),
-        score_after=_mean(score(s.after, weights) for s in pairs),
+        score_before=mean(score(s.before, weights) for s in pairs),
+        score_after=mean(score(s.after, weights) for s in pairs),
         improved=sum(score(s.after, weights) > score(s.before, weights) for s in pairs) / len(pairs),
         uncited=sum(bool(s.uncited) for s in shown) / len(shown) if shown else 0.0,
         not_shown={f: sum(s.flag == f for s in scored) for f in FLAGS},

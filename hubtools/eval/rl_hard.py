@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from hubtools.aggregate import mean
 from hubtools.eval import common
 from hubtools.models import model_label
 from hubtools.tasks import RL_HARD
@@ -39,11 +40,6 @@ class RubricScores:
         return {n: round(getattr(self, n), 4) for n in names if getattr(self, n) is not None}
 
 
-def _mean(values) -> float | None:
-    values = [v for v in values if v is not None]
-    return sum(values) / len(values) if values else None
-
-
 def score_answers(judge, rows: list[dict], answers: list[list[str]], *, static_rubrics: list[str] | None = None,
                   instance_rubrics_only: bool = False) -> RubricScores:
     """Score k answers per row with the rubric, citation and format rewards, called as TRL calls them."""
@@ -66,10 +62,10 @@ def score_answers(judge, rows: list[dict], answers: list[list[str]], *, static_r
     rubric_scores, citation_scores = asyncio.run(both())
     formats = format_reward(completions, **columns)
     return RubricScores(
-        rows=len(rows), k=len(answers[0]) if answers else 0, rubric_score=_mean(rubric_scores),
+        rows=len(rows), k=len(answers[0]) if answers else 0, rubric_score=mean(rubric_scores),
         positive_satisfied=logged.get("rubric/positive"), negative_avoided=logged.get("rubric/negative_avoided"),
         citation_precision=logged.get("citation/precision"), citation_recall=logged.get("citation/recall"),
-        citation_f1=_mean(citation_scores), format_valid=sum(formats) / len(formats),
+        citation_f1=mean(citation_scores), format_valid=sum(formats) / len(formats),
         judge_parse_failures=int(logged.get("rubric/parse_failures", 0) + logged.get("citation/parse_failures", 0)))
 
 

@@ -1,12 +1,6 @@
-"""What the reward modules share: a mean that skips missing values, and TRL's reward logging."""
+"""What the reward modules share: TRL's reward logging."""
 
 from __future__ import annotations
-
-
-def mean(values) -> float | None:
-    """Mean of the values that are not None; None when there is none."""
-    values = [v for v in values if v is not None]
-    return sum(values) / len(values) if values else None
 
 
 def log_to_trl(log_metric, log_extra, metrics: dict[str, float | None], extras: dict[str, list]) -> None:

@@ -65,7 +65,8 @@ from typing import Callable
 from hubtools.geo import CITATION, METRICS, REWARD_WEIGHTS, sentences, strip_citations
 from hubtools.geo_keypoints import MAX_POINTS, keypoints, preservation
 from hubtools.scoring import answer_part
-from train.rewards.common import log_to_trl, mean
+from hubtools.aggregate import mean
+from train.rewards.common import log_to_trl
 from train.rewards.factuality import completion_text
 
 COLUMNS = ("query", "sources", "target_index")

@@ -44,7 +44,8 @@ from typing import Callable, Protocol, Sequence
 
 from hubtools.citations import Claim, answer_block, malformed, normalize_claim, parse_claims, source_passages
 from hubtools.tasks import RL_HARD
-from train.rewards.common import log_to_trl, mean
+from hubtools.aggregate import mean
+from train.rewards.common import log_to_trl
 from train.rewards.factuality import completion_text
 
 TOOL_OUTPUT = "tool_output"
@@ -242,8 +243,8 @@ def make_citation_reward(judge: Judge, *, template: str = TEMPLATE) -> Callable:
             recalls.append(r)
 
         log_to_trl(log_metric, log_extra,
-                  {"citation/precision": mean([p for p in precisions if p is not None]),
-                   "citation/recall": mean([r for r in recalls if r is not None]),
+                  {"citation/precision": mean(precisions),
+                   "citation/recall": mean(recalls),
                    "citation/hallucinated_claims": float(hallucinated),
                    "citation/parse_failures": float(failures)},
                   {"citation_precision": precisions, "citation_recall": recalls})
